@@ -1,0 +1,1 @@
+//! podnet-dns (being written).

@@ -1,0 +1,1 @@
+//! podnet's typed nf_tables netlink encoder (being written).

@@ -1,0 +1,1 @@
+//! podnet-proxy (being written).

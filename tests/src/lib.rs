@@ -1,0 +1,1 @@
+//! End-to-end tests of podnet on a simulated cluster (being written).
