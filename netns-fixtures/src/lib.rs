@@ -1,1 +1,3 @@
-//! placeholder
+//! Network-namespace test fixtures (being written).
+pub mod cluster;
+pub mod etcd;

@@ -4,6 +4,7 @@
 //! cluster), and the `Informer` that turns list + watch into snapshots and
 //! change sets for the node agent, the proxy and the DNS server.
 
+pub mod etcd;
 pub mod informer;
 pub mod object;
 pub mod store;

@@ -1,0 +1,1 @@
+//! Multi-node cluster fixture (being written).

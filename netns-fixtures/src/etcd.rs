@@ -1,0 +1,1 @@
+//! etcd server harness for tests (being written).
