@@ -13,6 +13,7 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod lab;
 pub mod netns;
 pub mod underlay;
 pub mod util;
