@@ -4,13 +4,16 @@
 //! Loopback only, so no network namespace is involved. The process is stopped
 //! by its PID (never by name); `Drop` kills it and removes the data directory.
 //! `stop()` + `restart()` simulate an etcd crash and recovery with the same
-//! ports and data, which is what reconnect tests need.
+//! ports and data, which is what reconnect tests need. `TcpProxy` cuts one
+//! client off while etcd keeps running (a partition).
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -239,6 +242,120 @@ impl Drop for EtcdServer {
     }
 }
 
+/// A loopback TCP forwarder in front of an etcd (or any TCP server) that can be
+/// cut and restored: a network partition between one client and the server
+/// while the server keeps running for everyone else. Threads, no runtime.
+pub struct TcpProxy {
+    port: u16,
+    shared: Arc<ProxyShared>,
+    accept_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct ProxyShared {
+    target: SocketAddr,
+    /// False while cut: new connections are closed at once.
+    open: AtomicBool,
+    stopping: AtomicBool,
+    /// Both sockets of every forwarded connection, to shut them down on `cut`
+    /// (kept until then: test clients open only a handful of connections).
+    conns: Mutex<Vec<TcpStream>>,
+}
+
+impl TcpProxy {
+    /// Listens on a free 127.0.0.1 port and forwards to `target` (`host:port`).
+    pub fn start(target: &str) -> Result<TcpProxy> {
+        let target: SocketAddr = target
+            .parse()
+            .with_context(|| format!("parsing proxy target {target:?}"))?;
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding the proxy port")?;
+        let port = listener.local_addr()?.port();
+        let shared = Arc::new(ProxyShared {
+            target,
+            open: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
+            conns: Mutex::new(Vec::new()),
+        });
+        let sh = shared.clone();
+        let accept_thread = std::thread::Builder::new()
+            .name(format!("proxy-{port}"))
+            .spawn(move || accept_loop(listener, sh))
+            .context("spawning the proxy thread")?;
+        Ok(TcpProxy {
+            port,
+            shared,
+            accept_thread: Some(accept_thread),
+        })
+    }
+
+    /// `127.0.0.1:PORT` of the proxy: give this to the client under test.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Breaks every forwarded connection and refuses new ones until `restore`.
+    pub fn cut(&self) {
+        self.shared.open.store(false, Ordering::SeqCst);
+        let conns = std::mem::take(&mut *self.shared.conns.lock().unwrap());
+        for c in conns {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.shared.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.cut();
+        // Wakes the blocking accept() so the thread sees `stopping`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.accept_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, sh: Arc<ProxyShared>) {
+    for conn in listener.incoming() {
+        if sh.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(client) = conn else { continue };
+        if !sh.open.load(Ordering::SeqCst) {
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        }
+        let Ok(server) = TcpStream::connect_timeout(&sh.target, Duration::from_secs(2)) else {
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let handles = (
+            client.try_clone(),
+            server.try_clone(),
+            client.try_clone(),
+            server.try_clone(),
+        );
+        let (Ok(c1), Ok(s1), Ok(c2), Ok(s2)) = handles else {
+            continue;
+        };
+        sh.conns.lock().unwrap().extend([client, server]);
+        std::thread::spawn(move || pipe(c1, s1));
+        std::thread::spawn(move || pipe(s2, c2));
+    }
+}
+
+/// Copies one direction until EOF or error, then closes both ends.
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
 fn health_check(port: u16) -> std::io::Result<bool> {
     let addr = ([127, 0, 0, 1], port).into();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
@@ -271,6 +388,15 @@ mod tests {
         etcd.compact(2).unwrap();
         // Revision 2 is gone now: reading at it fails.
         assert!(etcd.etcdctl(&["get", "/a", "--rev=1"]).is_err());
+        // Through a proxy, which can be cut and restored.
+        let proxy = TcpProxy::start(&etcd.endpoint()).unwrap();
+        let via = |p: &TcpProxy| health_check(p.port).unwrap_or(false);
+        assert!(via(&proxy));
+        proxy.cut();
+        assert!(!via(&proxy));
+        proxy.restore();
+        assert!(via(&proxy));
+        drop(proxy);
         let dir = etcd.data_dir();
         drop(etcd);
         assert!(!dir.exists(), "drop removes the data directory");
