@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::netns::run_checked;
 use cni_exec::{add_list, del_list, first_ipv4, CniCall};
-use record::{DaemonRecord, LabRecord, NodeRecord, PodRecord, LAB_DIR, NS_PREFIX};
+use record::{lab_dir, ns_prefix, DaemonRecord, LabRecord, NodeRecord, PodRecord};
 
 /// Underlay addresses: node i is 10.90.0.i, the control namespace (etcd) .254.
 /// A private test range that only exists inside the lab's switch namespace.
@@ -120,7 +120,7 @@ impl Lab {
         args: &[String],
         healthz: Option<&str>,
     ) -> Result<()> {
-        let log = Path::new(LAB_DIR).join("logs").join(format!("{name}.log"));
+        let log = lab_dir().join("logs").join(format!("{name}.log"));
         std::fs::create_dir_all(log.parent().unwrap())?;
         let out = OpenOptions::new().create(true).append(true).open(&log)?;
         let mut cmd = Command::new("ip");
@@ -207,7 +207,7 @@ pub fn up(opts: &UpOptions) -> Result<LabRecord> {
         },
         bin_dir: opts.bin_dir.clone(),
     };
-    std::fs::create_dir_all(LAB_DIR)?;
+    std::fs::create_dir_all(lab_dir())?;
     lab.rec.save()?;
     match build(&mut lab, opts) {
         Ok(()) => {
@@ -224,7 +224,7 @@ pub fn up(opts: &UpOptions) -> Result<LabRecord> {
 
 fn build(lab: &mut Lab, opts: &UpOptions) -> Result<()> {
     // Underlay: one switch, every node (and the control namespace) on it.
-    let switch = format!("{NS_PREFIX}switch");
+    let switch = format!("{}switch", ns_prefix());
     lab.add_netns(&switch)?;
     ns_sh(&switch, "ip link add br0 type bridge && ip link set br0 up")?;
     let attach = |ns: &str, port: &str, ip: &str| -> Result<()> {
@@ -240,17 +240,17 @@ fn build(lab: &mut Lab, opts: &UpOptions) -> Result<()> {
     };
 
     // Store.
-    let store_dir = Path::new(LAB_DIR).join("store");
+    let store_dir = lab_dir().join("store");
     match opts.store {
         StoreKind::Dir => {
             std::fs::create_dir_all(&store_dir)?;
             lab.rec.store_url = format!("dir://{}", store_dir.display());
         }
         StoreKind::Etcd => {
-            let ctl = format!("{NS_PREFIX}control");
+            let ctl = format!("{}control", ns_prefix());
             lab.add_netns(&ctl)?;
             attach(&ctl, "pctl", CONTROL_IP)?;
-            let data = Path::new(LAB_DIR).join("etcd");
+            let data = lab_dir().join("etcd");
             std::fs::create_dir_all(&data)?;
             let client = format!("http://{CONTROL_IP}:2379");
             let args = vec![
@@ -286,12 +286,12 @@ fn build(lab: &mut Lab, opts: &UpOptions) -> Result<()> {
     // Nodes and their agents.
     for i in 1..=opts.nodes {
         let name = format!("node{i}");
-        let ns = format!("{NS_PREFIX}{name}");
+        let ns = format!("{}{name}", ns_prefix());
         lab.add_netns(&ns)?;
         let ip = format!("{UNDERLAY_PREFIX}.{i}");
         attach(&ns, &format!("p{i}"), &ip)?;
         ns_sh(&ns, "sysctl -qw net.ipv4.ip_forward=1")?;
-        let dir = Path::new(LAB_DIR).join(&name);
+        let dir = lab_dir().join(&name);
         std::fs::create_dir_all(dir.join("net.d"))?;
         let lease_file = dir.join("subnet.json");
         let conf = dir.join("net.d/10-podnet.conflist");
@@ -357,7 +357,7 @@ fn build(lab: &mut Lab, opts: &UpOptions) -> Result<()> {
     for i in 0..opts.nodes * opts.pods_per_node {
         let node = lab.rec.nodes[i % opts.nodes].clone();
         let pod = make_pod(lab, &format!("web-{i}"), &node)?;
-        let www = Path::new(LAB_DIR).join("pods").join(&pod.name);
+        let www = lab_dir().join("pods").join(&pod.name);
         std::fs::create_dir_all(&www)?;
         std::fs::write(
             www.join("index.html"),
@@ -440,7 +440,7 @@ impl Lab {
     fn apply(&self, yaml: &str) -> Result<()> {
         let mut cmd = if self.rec.store_kind == "etcd" {
             let mut c = Command::new("ip");
-            c.args(["netns", "exec", &format!("{NS_PREFIX}control")])
+            c.args(["netns", "exec", &format!("{}control", ns_prefix())])
                 .arg(self.bin("podnetctl"));
             c
         } else {
@@ -466,7 +466,7 @@ impl Lab {
 }
 
 fn make_pod(lab: &mut Lab, name: &str, node: &NodeRecord) -> Result<PodRecord> {
-    let netns = format!("{NS_PREFIX}pod-{name}");
+    let netns = format!("{}pod-{name}", ns_prefix());
     lab.add_netns(&netns)?;
     let conflist: Value = serde_json::from_slice(&std::fs::read(&node.cni_conf)?)?;
     let container_id = format!("lab{}", name.replace('-', ""));
@@ -570,7 +570,7 @@ pub fn down() -> Result<()> {
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(NS_PREFIX) && !names.contains(&n) {
+            if n.starts_with(&ns_prefix()) && !names.contains(&n) {
                 names.push(n);
             }
         }
@@ -593,12 +593,12 @@ pub fn down() -> Result<()> {
     }
     if let Ok(entries) = std::fs::read_dir("/etc/netns") {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(NS_PREFIX) {
+            if e.file_name().to_string_lossy().starts_with(&ns_prefix()) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
-    let _ = std::fs::remove_dir_all(LAB_DIR);
+    let _ = std::fs::remove_dir_all(lab_dir());
     Ok(())
 }
 

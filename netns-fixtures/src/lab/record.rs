@@ -1,15 +1,31 @@
 //! What `podnet-lab up` made, written down as it goes so that `down` (and a
 //! later `up` after a crash) can remove exactly that.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// All lab state lives under here; it is tmpfs, like the namespaces it describes.
-pub const LAB_DIR: &str = "/run/podnet-lab";
-/// Every namespace of the lab starts with this (and nothing else of podnet's does).
-pub const NS_PREFIX: &str = "pnlab-";
+/// The lab instance: `lab` unless `PODNET_LAB_INSTANCE` names another, so
+/// that end-to-end tests can run several labs side by side.
+pub fn instance() -> String {
+    std::env::var("PODNET_LAB_INSTANCE")
+        .ok()
+        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric()))
+        .unwrap_or_else(|| "lab".to_string())
+}
+
+/// All state of the instance lives under here; it is tmpfs, like the
+/// namespaces it describes (`/run/podnet-lab` by default).
+pub fn lab_dir() -> PathBuf {
+    PathBuf::from(format!("/run/podnet-{}", instance()))
+}
+
+/// Every namespace of the instance starts with this (`pnlab-` by default),
+/// and nothing else of podnet's does.
+pub fn ns_prefix() -> String {
+    format!("pn{}-", instance())
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LabRecord {
@@ -54,7 +70,7 @@ pub struct PodRecord {
 
 impl LabRecord {
     pub fn path() -> PathBuf {
-        Path::new(LAB_DIR).join("lab.json")
+        lab_dir().join("lab.json")
     }
 
     pub fn load() -> Result<Option<LabRecord>> {
@@ -71,7 +87,8 @@ impl LabRecord {
     /// Written after every step (temp + rename), so a crash leaves a usable record.
     pub fn save(&self) -> Result<()> {
         let p = Self::path();
-        std::fs::create_dir_all(LAB_DIR).with_context(|| format!("creating {LAB_DIR}"))?;
+        let dir = lab_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = p.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("writing {}", tmp.display()))?;
