@@ -32,6 +32,8 @@ enum Cmd {
     },
     /// Remove everything `up` made (also after a crash).
     Down,
+    /// Scale down by one pod: its endpoints leave the Services, then CNI DEL.
+    DeletePod { name: String },
     /// Nodes, pods, Services and the health of every daemon.
     Status,
     /// Run a command in a pod's (or node's) namespace: `podnet-lab exec web-0 -- curl -s http://web`.
@@ -65,6 +67,7 @@ fn main() -> Result<()> {
             print!("{}", lab::summary(&rec));
         }
         Cmd::Down => lab::down()?,
+        Cmd::DeletePod { name } => lab::delete_pod(&name)?,
         Cmd::Status => print!("{}", lab::status()?),
         Cmd::Exec { target, command } => std::process::exit(lab::exec(&target, &command)?),
     }

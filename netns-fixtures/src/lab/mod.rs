@@ -465,6 +465,38 @@ impl Lab {
     }
 }
 
+impl Lab {
+    fn delete_object(&self, kind: &str, name: &str) -> Result<()> {
+        let mut cmd = if self.rec.store_kind == "etcd" {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &format!("{}control", ns_prefix())])
+                .arg(self.bin("podnetctl"));
+            c
+        } else {
+            Command::new(self.bin("podnetctl"))
+        };
+        let out = cmd
+            .args([
+                "--store",
+                &self.rec.store_url,
+                "delete",
+                kind,
+                name,
+                "-n",
+                "default",
+            ])
+            .output()
+            .context("running podnetctl delete")?;
+        if !out.status.success() {
+            bail!(
+                "podnetctl delete {kind} {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
 fn make_pod(lab: &mut Lab, name: &str, node: &NodeRecord) -> Result<PodRecord> {
     let netns = format!("{}pod-{name}", ns_prefix());
     lab.add_netns(&netns)?;
@@ -599,6 +631,69 @@ pub fn down() -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(lab_dir());
+    Ok(())
+}
+
+/// `podnet-lab delete-pod NAME`: what a scale-down does — the pod's endpoints
+/// leave the EndpointSlices first, then the runtime tears it down (CNI DEL).
+pub fn delete_pod(name: &str) -> Result<()> {
+    let mut rec = LabRecord::load()?.context("no lab is up (run `podnet-lab up`)")?;
+    let pod = rec
+        .pod(name)
+        .cloned()
+        .with_context(|| format!("no pod {name:?}"))?;
+    if !pod.name.starts_with("web-") {
+        bail!("only web pods can be deleted (the DNS pod backs kube-dns)");
+    }
+    let dns = rec
+        .pod("podnet-dns")
+        .cloned()
+        .context("lab record has no DNS pod")?;
+    let remaining: Vec<PodRecord> = rec
+        .pods
+        .iter()
+        .filter(|p| p.name.starts_with("web-") && p.name != name)
+        .cloned()
+        .collect();
+    let lab = Lab {
+        rec: rec.clone(),
+        bin_dir: default_bin_dir(),
+    };
+    lab.apply(&manifests::services(&remaining, &dns))?;
+    let node = rec
+        .nodes
+        .iter()
+        .find(|n| n.name == pod.node)
+        .cloned()
+        .context("pod's node")?;
+    let conflist: Value = serde_json::from_slice(&std::fs::read(&node.cni_conf)?)?;
+    let netns_path = Path::new("/run/netns").join(&pod.netns);
+    let cni_path = lab.cni_path();
+    del_list(
+        &conflist,
+        &CniCall {
+            host_netns: &node.netns,
+            container_id: &pod.container_id,
+            netns_path: &netns_path,
+            ifname: "eth0",
+            cni_path: &cni_path,
+        },
+    )?;
+    for d in rec.daemons.iter().filter(|d| d.netns == pod.netns) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(d.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", &pod.netns])
+        .status();
+    let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&pod.netns));
+    rec.daemons.retain(|d| d.netns != pod.netns);
+    rec.namespaces.retain(|n| n != &pod.netns);
+    rec.pods.retain(|p| p.name != name);
+    rec.save()?;
+    lab.delete_object("pod", name)?;
     Ok(())
 }
 
