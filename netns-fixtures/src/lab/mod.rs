@@ -434,19 +434,24 @@ fn build(lab: &mut Lab, opts: &UpOptions) -> Result<()> {
 }
 
 impl Lab {
-    /// `podnetctl apply -f -` from where the store is reachable: the root
-    /// namespace for the dir store, the control namespace for etcd (the root
-    /// namespace has no route into the lab's underlay, on purpose).
-    fn apply(&self, yaml: &str) -> Result<()> {
-        let mut cmd = if self.rec.store_kind == "etcd" {
+    /// podnetctl where the store is reachable: the root namespace for the dir
+    /// store, the control namespace for etcd (the root namespace has no route
+    /// into the lab's underlay, on purpose).
+    fn podnetctl(&self) -> Command {
+        if self.rec.store_kind == "etcd" {
             let mut c = Command::new("ip");
             c.args(["netns", "exec", &format!("{}control", ns_prefix())])
                 .arg(self.bin("podnetctl"));
             c
         } else {
             Command::new(self.bin("podnetctl"))
-        };
-        let mut child = cmd
+        }
+    }
+
+    /// `podnetctl apply -f -`.
+    fn apply(&self, yaml: &str) -> Result<()> {
+        let mut child = self
+            .podnetctl()
             .args(["--store", &self.rec.store_url, "apply", "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -467,15 +472,8 @@ impl Lab {
 
 impl Lab {
     fn delete_object(&self, kind: &str, name: &str) -> Result<()> {
-        let mut cmd = if self.rec.store_kind == "etcd" {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &format!("{}control", ns_prefix())])
-                .arg(self.bin("podnetctl"));
-            c
-        } else {
-            Command::new(self.bin("podnetctl"))
-        };
-        let out = cmd
+        let out = self
+            .podnetctl()
             .args([
                 "--store",
                 &self.rec.store_url,
