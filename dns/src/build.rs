@@ -1,0 +1,598 @@
+//! Building the record index from informer snapshots: `service_entry` turns
+//! one Service and its EndpointSlices into pre-encoded records (pure), and
+//! `IndexBuilder` keeps what is needed to apply a change set incrementally
+//! (which slices belong to which service, who contributes which PTR, pod
+//! addresses) and publishes a new immutable `Index` per change set.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use podnet_state::object::{EndpointSlice, Pod, Service, SERVICE_NAME_LABEL};
+use podnet_state::{ChangeSet, Kind, NamespacedName, Snapshot};
+
+use crate::index::{
+    dashed_ip, EndpointRecords, Index, NamespaceEntry, ServiceEntry, ServiceKind, SrvRecords,
+    ZoneConfig,
+};
+use crate::wire::{
+    self, RrList, PTR_TO_QNAME, TYPE_CNAME, TYPE_NS, TYPE_PTR, TYPE_SOA, TYPE_SRV, TYPE_TXT,
+};
+
+/// The schema version of the Kubernetes DNS specification implemented here.
+pub const SCHEMA_VERSION: &str = "1.1.0";
+const TOLERATE_UNREADY: &str = "service.alpha.kubernetes.io/tolerate-unready-endpoints";
+
+/// A built service: its entry and the PTR records it contributes
+/// (address, target name in wire form).
+pub struct BuiltService {
+    pub entry: ServiceEntry,
+    pub ptrs: Vec<(IpAddr, Vec<u8>)>,
+}
+
+fn label(s: &str) -> Option<Vec<u8>> {
+    (!s.is_empty() && s.len() <= 63).then(|| s.to_ascii_lowercase().into_bytes())
+}
+
+/// Records of one service. `None` when the service cannot be named
+/// (e.g. an ExternalName that is not a valid DNS name).
+pub fn service_entry(
+    cfg: &ZoneConfig,
+    svc: &Service,
+    slices: &[&EndpointSlice],
+) -> Option<BuiltService> {
+    let name = label(svc.metadata.name.as_deref()?)?;
+    let ns = label(svc.metadata.namespace.as_deref().unwrap_or("default"))?;
+    let svc_name = cfg.name(&[&name, &ns, b"svc"]);
+    let spec = svc.spec.clone().unwrap_or_default();
+    let ttl = cfg.ttl;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        let target = wire::text_to_wire(spec.external_name.as_deref()?)?;
+        if target.len() <= 1 {
+            return None;
+        }
+        let mut cname = RrList::new();
+        cname.push(&PTR_TO_QNAME, TYPE_CNAME, ttl, &target);
+        return Some(BuiltService {
+            entry: ServiceEntry {
+                kind: ServiceKind::External { cname, target },
+                endpoints: HashMap::new(),
+                srv: HashMap::new(),
+            },
+            ptrs: Vec::new(),
+        });
+    }
+    let mut cluster_ips: Vec<IpAddr> = spec
+        .cluster_ips
+        .clone()
+        .unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect())
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    cluster_ips.dedup();
+    let headless = cluster_ips.is_empty();
+    let publish_unready = spec.publish_not_ready_addresses == Some(true)
+        || svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(TOLERATE_UNREADY))
+            .is_some_and(|v| v == "true");
+
+    let mut ptrs = Vec::new();
+    // Ready endpoints: (label, ip), in slice order, deduplicated.
+    let mut seen: HashSet<(Vec<u8>, IpAddr)> = HashSet::new();
+    let mut endpoints: HashMap<Box<[u8]>, EndpointRecords> = HashMap::new();
+    let mut svc_a = RrList::new();
+    let mut svc_aaaa = RrList::new();
+    let mut seen_ips: HashSet<IpAddr> = HashSet::new();
+    // (proto, port name) -> (port number, endpoint label) pairs, for headless SRV.
+    let mut srv_targets: BTreeMap<(Vec<u8>, Vec<u8>), Vec<(u16, Vec<u8>)>> = BTreeMap::new();
+    for slice in slices {
+        let mut slice_labels: Vec<Vec<u8>> = Vec::new();
+        for ep in &slice.endpoints {
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if !ready && !publish_unready {
+                continue;
+            }
+            for addr in &ep.addresses {
+                let Ok(ip) = addr.parse::<IpAddr>() else {
+                    continue;
+                };
+                let ep_label = match ep.hostname.as_deref().and_then(label) {
+                    Some(h) => h,
+                    None => dashed_ip(ip).into_bytes(),
+                };
+                if !seen.insert((ep_label.clone(), ip)) {
+                    continue;
+                }
+                let target = cfg.name(&[&ep_label, &name, &ns, b"svc"]);
+                let rec = endpoints
+                    .entry(ep_label.clone().into_boxed_slice())
+                    .or_default();
+                match ip {
+                    IpAddr::V4(_) => rec.a.push_ip(&PTR_TO_QNAME, ttl, ip),
+                    IpAddr::V6(_) => rec.aaaa.push_ip(&PTR_TO_QNAME, ttl, ip),
+                }
+                ptrs.push((ip, target));
+                if headless && seen_ips.insert(ip) {
+                    match ip {
+                        IpAddr::V4(_) => svc_a.push_ip(&PTR_TO_QNAME, ttl, ip),
+                        IpAddr::V6(_) => svc_aaaa.push_ip(&PTR_TO_QNAME, ttl, ip),
+                    }
+                }
+                if !slice_labels.contains(&ep_label) {
+                    slice_labels.push(ep_label);
+                }
+            }
+        }
+        if headless {
+            for p in slice.ports.iter().flatten() {
+                let (Some(pname), Some(port)) = (p.name.as_deref().and_then(label), p.port) else {
+                    continue;
+                };
+                let proto = p
+                    .protocol
+                    .as_deref()
+                    .unwrap_or("TCP")
+                    .to_ascii_lowercase()
+                    .into_bytes();
+                let list = srv_targets.entry((proto, pname)).or_default();
+                for l in &slice_labels {
+                    let item = (port as u16, l.clone());
+                    if !list.contains(&item) {
+                        list.push(item);
+                    }
+                }
+            }
+        }
+    }
+
+    let mut srv: HashMap<Box<[u8]>, HashMap<Box<[u8]>, SrvRecords>> = HashMap::new();
+    let mut add_srv = |proto: &[u8], port_name: &[u8], recs: SrvRecords| {
+        let mut p = b"_".to_vec();
+        p.extend_from_slice(proto);
+        let mut n = b"_".to_vec();
+        n.extend_from_slice(port_name);
+        srv.entry(p.into_boxed_slice())
+            .or_default()
+            .insert(n.into_boxed_slice(), recs);
+    };
+    let kind = if headless {
+        for ((proto, pname), targets) in &srv_targets {
+            if targets.is_empty() {
+                continue;
+            }
+            let weight = (100 / targets.len()).max(1) as u16;
+            let mut recs = SrvRecords::default();
+            let mut glued: HashSet<&[u8]> = HashSet::new();
+            for (port, ep_label) in targets {
+                let target = cfg.name(&[ep_label, &name, &ns, b"svc"]);
+                recs.srv.push(
+                    &PTR_TO_QNAME,
+                    TYPE_SRV,
+                    ttl,
+                    &wire::srv_rdata(0, weight, *port, &target),
+                );
+                if glued.insert(ep_label) {
+                    if let Some(e) = endpoints.get(&ep_label[..]) {
+                        recs.additional.extend(&e.a.reowned(&target));
+                        recs.additional.extend(&e.aaaa.reowned(&target));
+                    }
+                }
+            }
+            add_srv(proto, pname, recs);
+        }
+        ServiceKind::Headless {
+            a: svc_a,
+            aaaa: svc_aaaa,
+        }
+    } else {
+        let mut a = RrList::new();
+        let mut aaaa = RrList::new();
+        for ip in &cluster_ips {
+            match ip {
+                IpAddr::V4(_) => a.push_ip(&PTR_TO_QNAME, ttl, *ip),
+                IpAddr::V6(_) => aaaa.push_ip(&PTR_TO_QNAME, ttl, *ip),
+            }
+            ptrs.push((*ip, svc_name.clone()));
+        }
+        let mut glue = a.reowned(&svc_name);
+        glue.extend(&aaaa.reowned(&svc_name));
+        for p in spec.ports.iter().flatten() {
+            let Some(pname) = p.name.as_deref().and_then(label) else {
+                continue;
+            };
+            let proto = p
+                .protocol
+                .as_deref()
+                .unwrap_or("TCP")
+                .to_ascii_lowercase()
+                .into_bytes();
+            let mut recs = SrvRecords::default();
+            recs.srv.push(
+                &PTR_TO_QNAME,
+                TYPE_SRV,
+                ttl,
+                &wire::srv_rdata(0, 100, p.port as u16, &svc_name),
+            );
+            recs.additional = glue.clone();
+            add_srv(&proto, &pname, recs);
+        }
+        ServiceKind::Cluster { a, aaaa }
+    };
+    for e in endpoints.values_mut() {
+        e.a.shrink();
+        e.aaaa.shrink();
+    }
+    Some(BuiltService {
+        entry: ServiceEntry {
+            kind,
+            endpoints,
+            srv,
+        },
+        ptrs,
+    })
+}
+
+/// The slices of `svc` (same namespace, `kubernetes.io/service-name` label).
+pub fn slices_of<'a>(snap: &'a Snapshot, svc: &NamespacedName) -> Vec<&'a EndpointSlice> {
+    let from = NamespacedName::new(&svc.namespace, "");
+    snap.endpoint_slices
+        .range(from..)
+        .take_while(|(k, _)| k.namespace == svc.namespace)
+        .filter(|(_, s)| slice_service(s).as_deref() == Some(svc.name.as_str()))
+        .map(|(_, s)| &**s)
+        .collect()
+}
+
+fn slice_service(s: &EndpointSlice) -> Option<String> {
+    s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL).cloned()
+}
+
+fn pod_ips(p: &Pod) -> Vec<IpAddr> {
+    let Some(st) = p.status.as_ref() else {
+        return Vec::new();
+    };
+    let mut v: Vec<IpAddr> = st
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|i| i.ip.parse().ok())
+        .chain(st.pod_ip.as_deref().and_then(|s| s.parse().ok()))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Keeps the bookkeeping for incremental updates and publishes indexes.
+pub struct IndexBuilder {
+    cfg: Arc<ZoneConfig>,
+    current: Index,
+    /// PTR contributions of each service.
+    svc_ptrs: HashMap<NamespacedName, Vec<(IpAddr, Vec<u8>)>>,
+    /// Address -> (service, target) pairs, ordered so answers are stable.
+    ptr_owners: HashMap<IpAddr, BTreeSet<(NamespacedName, Vec<u8>)>>,
+    slice_owner: HashMap<NamespacedName, String>,
+    pod_addrs: HashMap<NamespacedName, Vec<IpAddr>>,
+    ns_objects: HashSet<String>,
+}
+
+impl IndexBuilder {
+    pub fn new(cfg: ZoneConfig) -> IndexBuilder {
+        let cfg = Arc::new(cfg);
+        let current = Index {
+            config: cfg.clone(),
+            synced: false,
+            namespaces: Arc::default(),
+            ptr: Arc::default(),
+            pods: Arc::default(),
+            soa: RrList::new(),
+            apex_ns: RrList::new(),
+            ns_glue: RrList::new(),
+            ns_host: EndpointRecords::default(),
+            version_txt: RrList::new(),
+            services_total: 0,
+        };
+        let mut b = IndexBuilder {
+            cfg,
+            current,
+            svc_ptrs: HashMap::new(),
+            ptr_owners: HashMap::new(),
+            slice_owner: HashMap::new(),
+            pod_addrs: HashMap::new(),
+            ns_objects: HashSet::new(),
+        };
+        b.zone_records(0);
+        b
+    }
+
+    /// The index before any snapshot: not synced, so cluster names SERVFAIL.
+    pub fn index(&self) -> Arc<Index> {
+        Arc::new(self.current.clone())
+    }
+
+    fn zone_records(&mut self, revision: u64) {
+        let c = &self.cfg;
+        let ns_name = c.name(&[b"ns", b"dns"]);
+        let mut soa = RrList::new();
+        let rname = c.name(&[b"hostmaster"]);
+        let rdata = wire::soa_rdata(&wire::Soa {
+            mname: &ns_name,
+            rname: &rname,
+            serial: revision as u32,
+            refresh: 7200,
+            retry: 1800,
+            expire: 86400,
+            minimum: c.negative_ttl,
+        });
+        // The SOA sits in the authority section of negative answers, whose
+        // owner is not the question: write the zone name in full.
+        soa.push(&c.zone, TYPE_SOA, c.negative_ttl, &rdata);
+        let mut apex_ns = RrList::new();
+        apex_ns.push(&PTR_TO_QNAME, TYPE_NS, c.ttl, &ns_name);
+        let mut ns_host = EndpointRecords::default();
+        for ip in &c.ns_ips {
+            match ip {
+                IpAddr::V4(_) => ns_host.a.push_ip(&PTR_TO_QNAME, c.ttl, *ip),
+                IpAddr::V6(_) => ns_host.aaaa.push_ip(&PTR_TO_QNAME, c.ttl, *ip),
+            }
+        }
+        let mut glue = ns_host.a.reowned(&ns_name);
+        glue.extend(&ns_host.aaaa.reowned(&ns_name));
+        let mut txt = RrList::new();
+        txt.push(
+            &PTR_TO_QNAME,
+            TYPE_TXT,
+            c.ttl,
+            &wire::txt_rdata(SCHEMA_VERSION),
+        );
+        let cur = &mut self.current;
+        // SOA answers to a question for the apex use the same record: the
+        // owner written in full is equally valid there.
+        cur.soa = soa;
+        cur.apex_ns = apex_ns;
+        cur.ns_glue = glue;
+        cur.ns_host = ns_host;
+        cur.version_txt = txt;
+    }
+
+    /// Rebuilds everything from `snap`.
+    pub fn full(&mut self, snap: &Snapshot) -> Arc<Index> {
+        self.svc_ptrs.clear();
+        self.ptr_owners.clear();
+        self.slice_owner.clear();
+        self.pod_addrs.clear();
+        self.ns_objects = snap.namespaces.keys().cloned().collect();
+        let mut namespaces: HashMap<Box<[u8]>, NamespaceEntry> = HashMap::new();
+        for ns in &self.ns_objects {
+            namespaces
+                .entry(ns.to_ascii_lowercase().into_bytes().into())
+                .or_default();
+        }
+        for (k, s) in &snap.endpoint_slices {
+            if let Some(svc) = slice_service(s) {
+                self.slice_owner.insert(k.clone(), svc);
+            }
+        }
+        // Group slices per service once instead of scanning per service.
+        let mut by_svc: HashMap<NamespacedName, Vec<&EndpointSlice>> = HashMap::new();
+        for (k, svc) in &self.slice_owner {
+            if let Some(s) = snap.endpoint_slices.get(k) {
+                by_svc
+                    .entry(NamespacedName::new(&k.namespace, svc))
+                    .or_default()
+                    .push(s);
+            }
+        }
+        for v in by_svc.values_mut() {
+            v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        }
+        let mut total = 0;
+        for (key, svc) in &snap.services {
+            let slices = by_svc.get(key).map(|v| v.as_slice()).unwrap_or(&[]);
+            let Some(built) = service_entry(&self.cfg, svc, slices) else {
+                continue;
+            };
+            total += 1;
+            namespaces
+                .entry(key.namespace.to_ascii_lowercase().into_bytes().into())
+                .or_default()
+                .services
+                .insert(
+                    key.name.to_ascii_lowercase().into_bytes().into(),
+                    Arc::new(built.entry),
+                );
+            for (ip, target) in &built.ptrs {
+                self.ptr_owners
+                    .entry(*ip)
+                    .or_default()
+                    .insert((key.clone(), target.clone()));
+            }
+            self.svc_ptrs.insert(key.clone(), built.ptrs);
+        }
+        let ptr = self
+            .ptr_owners
+            .iter()
+            .map(|(ip, owners)| (*ip, Arc::new(self.ptr_records(owners))))
+            .collect();
+        let mut pods: HashMap<IpAddr, Vec<Box<[u8]>>> = HashMap::new();
+        for (k, p) in &snap.pods {
+            let ips = pod_ips(p);
+            for ip in &ips {
+                pods.entry(*ip)
+                    .or_default()
+                    .push(k.namespace.to_ascii_lowercase().into_bytes().into());
+            }
+            self.pod_addrs.insert(k.clone(), ips);
+        }
+        self.current.namespaces = Arc::new(
+            namespaces
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(v)))
+                .collect(),
+        );
+        self.current.ptr = Arc::new(ptr);
+        self.current.pods = Arc::new(pods);
+        self.current.services_total = total;
+        self.current.synced = snap.synced;
+        self.zone_records(snap.revision);
+        self.index()
+    }
+
+    fn ptr_records(&self, owners: &BTreeSet<(NamespacedName, Vec<u8>)>) -> RrList {
+        let mut l = RrList::new();
+        let mut done: HashSet<&[u8]> = HashSet::new();
+        for (_, target) in owners {
+            if done.insert(target) {
+                l.push(&PTR_TO_QNAME, TYPE_PTR, self.cfg.ttl, target);
+            }
+        }
+        l
+    }
+
+    /// Applies one change set; a `full_resync` rebuilds from its snapshot.
+    pub fn apply(&mut self, cs: &ChangeSet) -> Arc<Index> {
+        if cs.full_resync {
+            return self.full(&cs.snapshot);
+        }
+        let snap = &*cs.snapshot;
+        let mut services: BTreeSet<NamespacedName> = BTreeSet::new();
+        let mut namespaces_changed = false;
+        for ch in &cs.changes {
+            let key = &ch.key;
+            let nn =
+                || NamespacedName::new(key.namespace.as_deref().unwrap_or("default"), &key.name);
+            match key.kind {
+                Kind::Service => {
+                    services.insert(nn());
+                }
+                Kind::EndpointSlice => {
+                    let k = nn();
+                    if let Some(old) = self.slice_owner.remove(&k) {
+                        services.insert(NamespacedName::new(&k.namespace, &old));
+                    }
+                    if let Some(new) = snap.endpoint_slices.get(&k).and_then(|s| slice_service(s)) {
+                        services.insert(NamespacedName::new(&k.namespace, &new));
+                        self.slice_owner.insert(k, new);
+                    }
+                }
+                Kind::Pod => {
+                    let k = nn();
+                    let ips = snap.pods.get(&k).map(|p| pod_ips(p)).unwrap_or_default();
+                    let old = self.pod_addrs.remove(&k).unwrap_or_default();
+                    if old != ips {
+                        let pods = Arc::make_mut(&mut self.current.pods);
+                        let ns: Box<[u8]> = k.namespace.to_ascii_lowercase().into_bytes().into();
+                        for ip in &old {
+                            if let Some(v) = pods.get_mut(ip) {
+                                if let Some(pos) = v.iter().position(|n| *n == ns) {
+                                    v.remove(pos);
+                                }
+                                if v.is_empty() {
+                                    pods.remove(ip);
+                                }
+                            }
+                        }
+                        for ip in &ips {
+                            pods.entry(*ip).or_default().push(ns.clone());
+                        }
+                    }
+                    if !ips.is_empty() {
+                        self.pod_addrs.insert(k, ips);
+                    }
+                }
+                Kind::Namespace => {
+                    namespaces_changed = true;
+                    if snap.namespaces.contains_key(&key.name) {
+                        self.ns_objects.insert(key.name.clone());
+                    } else {
+                        self.ns_objects.remove(&key.name);
+                    }
+                    let lname: Box<[u8]> = key.name.to_ascii_lowercase().into_bytes().into();
+                    let nss = Arc::make_mut(&mut self.current.namespaces);
+                    nss.entry(lname).or_default();
+                }
+                _ => {}
+            }
+        }
+        let mut touched_ips: HashSet<IpAddr> = HashSet::new();
+        let mut touched_ns: HashSet<String> = HashSet::new();
+        for key in &services {
+            touched_ns.insert(key.namespace.clone());
+            if let Some(old) = self.svc_ptrs.remove(key) {
+                for (ip, target) in old {
+                    if let Some(set) = self.ptr_owners.get_mut(&ip) {
+                        set.remove(&(key.clone(), target));
+                        if set.is_empty() {
+                            self.ptr_owners.remove(&ip);
+                        }
+                    }
+                    touched_ips.insert(ip);
+                }
+            }
+            let built = snap
+                .services
+                .get(key)
+                .and_then(|svc| service_entry(&self.cfg, svc, &slices_of(snap, key)));
+            let nss = Arc::make_mut(&mut self.current.namespaces);
+            let lns: Box<[u8]> = key.namespace.to_ascii_lowercase().into_bytes().into();
+            let lname: Box<[u8]> = key.name.to_ascii_lowercase().into_bytes().into();
+            let entry = Arc::make_mut(nss.entry(lns).or_default());
+            match built {
+                Some(b) => {
+                    for (ip, target) in &b.ptrs {
+                        self.ptr_owners
+                            .entry(*ip)
+                            .or_default()
+                            .insert((key.clone(), target.clone()));
+                        touched_ips.insert(*ip);
+                    }
+                    self.svc_ptrs.insert(key.clone(), b.ptrs);
+                    entry.services.insert(lname, Arc::new(b.entry));
+                }
+                None => {
+                    entry.services.remove(&lname);
+                }
+            }
+        }
+        if namespaces_changed || !touched_ns.is_empty() {
+            // Drop namespaces that neither exist as objects nor hold services.
+            let ns_objects = &self.ns_objects;
+            let nss = Arc::make_mut(&mut self.current.namespaces);
+            nss.retain(|k, v| {
+                !v.services.is_empty()
+                    || ns_objects
+                        .iter()
+                        .any(|n| n.as_bytes().eq_ignore_ascii_case(k))
+            });
+        }
+        if !touched_ips.is_empty() {
+            let mut updates = Vec::with_capacity(touched_ips.len());
+            for ip in &touched_ips {
+                updates.push((*ip, self.ptr_owners.get(ip).map(|o| self.ptr_records(o))));
+            }
+            let ptr = Arc::make_mut(&mut self.current.ptr);
+            for (ip, recs) in updates {
+                match recs {
+                    Some(r) => {
+                        ptr.insert(ip, Arc::new(r));
+                    }
+                    None => {
+                        ptr.remove(&ip);
+                    }
+                }
+            }
+        }
+        self.current.services_total = self
+            .current
+            .namespaces
+            .values()
+            .map(|n| n.services.len())
+            .sum();
+        self.current.synced = snap.synced;
+        self.zone_records(snap.revision);
+        self.index()
+    }
+}

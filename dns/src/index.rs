@@ -1,0 +1,424 @@
+//! The record index: an immutable structure of pre-encoded records for the
+//! cluster zone and the reverse names of cluster addresses, and `lookup`,
+//! which turns a (lowercased) question into an answer without locks or
+//! per-record encoding. `build` makes and updates indexes from snapshots.
+//!
+//! Layout follows the name structure instead of a flat name table:
+//! `<ep>.<svc>.<ns>.svc.<zone>` is namespaces -> services -> endpoints, so a
+//! change to one service replaces one `Arc<Service>` and clones one
+//! namespace's map of `Arc`s.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::wire::{self, RrList, TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_CNAME, TYPE_NS, TYPE_PTR};
+use crate::wire::{TYPE_AXFR, TYPE_IXFR, TYPE_SOA, TYPE_SRV, TYPE_TXT};
+
+/// How `a-b-c-d.<ns>.pod.<zone>` is answered (CoreDNS's `pods` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PodMode {
+    /// Any well-formed name answers with the address in it.
+    #[default]
+    Insecure,
+    /// Only when a pod with that address exists in that namespace.
+    Verified,
+    /// Pod names do not exist.
+    Disabled,
+}
+
+/// Zone-wide settings that every built record depends on.
+#[derive(Debug, Clone)]
+pub struct ZoneConfig {
+    /// Lowercase wire form of the cluster domain, e.g. `\x07cluster\x05local\x00`.
+    pub zone: Vec<u8>,
+    pub ttl: u32,
+    pub negative_ttl: u32,
+    pub pods: PodMode,
+    /// Addresses answered for `ns.dns.<zone>`, the NS target.
+    pub ns_ips: Vec<IpAddr>,
+}
+
+impl ZoneConfig {
+    pub fn new(
+        zone: &str,
+        ttl: u32,
+        negative_ttl: u32,
+        pods: PodMode,
+        ns_ips: Vec<IpAddr>,
+    ) -> Option<ZoneConfig> {
+        Some(ZoneConfig {
+            zone: wire::text_to_wire(zone)?,
+            ttl,
+            negative_ttl,
+            pods,
+            ns_ips,
+        })
+    }
+    /// Wire form of `prefix.<zone>` (prefix in text, may be empty).
+    pub fn name(&self, prefix: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.zone.len() + 32);
+        for l in prefix {
+            v.push(l.len() as u8);
+            v.extend(l.iter().map(|b| b.to_ascii_lowercase()));
+        }
+        v.extend_from_slice(&self.zone);
+        v
+    }
+}
+
+/// What a service name answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// ClusterIP service: its addresses.
+    Cluster { a: RrList, aaaa: RrList },
+    /// Headless: the ready endpoints' addresses (none ready: NXDOMAIN).
+    Headless { a: RrList, aaaa: RrList },
+    /// ExternalName: a CNAME; `target` is the lowercase wire target.
+    External { cname: RrList, target: Vec<u8> },
+}
+
+/// The address records of one endpoint name under a service.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EndpointRecords {
+    pub a: RrList,
+    pub aaaa: RrList,
+}
+
+/// SRV records of one `_<port>._<proto>` name with their targets' addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SrvRecords {
+    pub srv: RrList,
+    pub additional: RrList,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub kind: ServiceKind,
+    /// Endpoint names (hostname or dashed IP), lowercase label -> records.
+    pub endpoints: HashMap<Box<[u8]>, EndpointRecords>,
+    /// `_proto` label (lowercase) -> `_port` label -> records.
+    pub srv: HashMap<Box<[u8]>, HashMap<Box<[u8]>, SrvRecords>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceEntry {
+    pub services: HashMap<Box<[u8]>, Arc<ServiceEntry>>,
+}
+
+/// One immutable view of everything podnet-dns answers from the cluster.
+#[derive(Debug, Clone)]
+pub struct Index {
+    pub config: Arc<ZoneConfig>,
+    /// False until the informer's first full list: cluster names SERVFAIL.
+    pub synced: bool,
+    /// Known namespaces (from Namespace objects and from services).
+    pub namespaces: Arc<HashMap<Box<[u8]>, Arc<NamespaceEntry>>>,
+    /// PTR records (owner = question) per address.
+    pub ptr: Arc<HashMap<IpAddr, Arc<RrList>>>,
+    /// Pod addresses -> namespaces (lowercase) of the pods with them.
+    pub pods: Arc<HashMap<IpAddr, Vec<Box<[u8]>>>>,
+    pub soa: RrList,
+    pub apex_ns: RrList,
+    pub ns_glue: RrList,
+    pub ns_host: EndpointRecords,
+    pub version_txt: RrList,
+    pub services_total: usize,
+}
+
+/// The outcome of looking a question up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// NOERROR with records (answer may be empty only with `NoData`).
+    Answer {
+        answer: Vec<Cow<'a, RrList>>,
+        additional: Vec<Cow<'a, RrList>>,
+    },
+    /// The name exists, the type does not: NOERROR, SOA in authority.
+    NoData,
+    /// NXDOMAIN, SOA in authority.
+    NxDomain,
+    /// A cluster name before the first full sync: SERVFAIL.
+    NotSynced,
+    /// Zone transfer: REFUSED.
+    Refused,
+    /// Not a name this index is authoritative for: forward it.
+    Outside,
+}
+
+impl<'a> Lookup<'a> {
+    fn records(answer: &'a RrList) -> Lookup<'a> {
+        if answer.is_empty() {
+            Lookup::NoData
+        } else {
+            Lookup::Answer {
+                answer: vec![Cow::Borrowed(answer)],
+                additional: Vec::new(),
+            }
+        }
+    }
+    fn two(a: &'a RrList, b: &'a RrList) -> Lookup<'a> {
+        let answer: Vec<_> = [a, b]
+            .into_iter()
+            .filter(|l| !l.is_empty())
+            .map(Cow::Borrowed)
+            .collect();
+        if answer.is_empty() {
+            Lookup::NoData
+        } else {
+            Lookup::Answer {
+                answer,
+                additional: Vec::new(),
+            }
+        }
+    }
+}
+
+fn addresses<'a>(qtype: u16, a: &'a RrList, aaaa: &'a RrList) -> Lookup<'a> {
+    match qtype {
+        TYPE_A => Lookup::records(a),
+        TYPE_AAAA => Lookup::records(aaaa),
+        TYPE_ANY => Lookup::two(a, aaaa),
+        _ => Lookup::NoData,
+    }
+}
+
+const MAX_LABELS: usize = 128;
+
+impl Index {
+    /// Answers `qtype` for `qname` (lowercase wire form).
+    pub fn lookup(&self, qname: &wire::LowerName, qtype: u16) -> Lookup<'_> {
+        let mut labels: [&[u8]; MAX_LABELS] = [&[]; MAX_LABELS];
+        let mut n = 0;
+        for l in qname.labels() {
+            labels[n] = l;
+            n += 1;
+        }
+        let labels = &labels[..n];
+        let zone_labels = count_labels(&self.config.zone);
+        if n >= zone_labels
+            && qname.wire().ends_with(&self.config.zone)
+            && suffix_is_aligned(qname.wire(), self.config.zone.len())
+        {
+            if matches!(qtype, TYPE_AXFR | TYPE_IXFR) {
+                return Lookup::Refused;
+            }
+            if !self.synced {
+                return Lookup::NotSynced;
+            }
+            return self.lookup_zone(&labels[..n - zone_labels], qtype, 0);
+        }
+        if let Some(ip) = wire::parse_reverse(labels) {
+            if let Some(ptr) = self.ptr.get(&ip) {
+                return match qtype {
+                    TYPE_PTR | TYPE_ANY => Lookup::records(ptr),
+                    _ => Lookup::NoData,
+                };
+            }
+        }
+        Lookup::Outside
+    }
+
+    /// `rel` = the labels left of the zone, left to right.
+    fn lookup_zone(&self, rel: &[&[u8]], qtype: u16, depth: u8) -> Lookup<'_> {
+        let Some((&top, rest)) = rel.split_last() else {
+            return match qtype {
+                TYPE_SOA => Lookup::records(&self.soa),
+                TYPE_NS => Lookup::Answer {
+                    answer: vec![Cow::Borrowed(&self.apex_ns)],
+                    additional: vec![Cow::Borrowed(&self.ns_glue)],
+                },
+                TYPE_ANY => Lookup::two(&self.soa, &self.apex_ns),
+                _ => Lookup::NoData,
+            };
+        };
+        match top {
+            b"dns-version" if rest.is_empty() => match qtype {
+                TYPE_TXT | TYPE_ANY => Lookup::records(&self.version_txt),
+                _ => Lookup::NoData,
+            },
+            b"dns" => match rest {
+                [] => Lookup::NoData,
+                [b"ns"] => addresses(qtype, &self.ns_host.a, &self.ns_host.aaaa),
+                _ => Lookup::NxDomain,
+            },
+            b"svc" => self.lookup_svc(rest, qtype, depth),
+            b"pod" => self.lookup_pod(rest, qtype),
+            _ => Lookup::NxDomain,
+        }
+    }
+
+    fn lookup_svc(&self, rest: &[&[u8]], qtype: u16, depth: u8) -> Lookup<'_> {
+        let Some((&ns, rest)) = rest.split_last() else {
+            return Lookup::NoData;
+        };
+        let Some(nse) = self.namespaces.get(ns) else {
+            return Lookup::NxDomain;
+        };
+        let Some((&svc, rest)) = rest.split_last() else {
+            return Lookup::NoData;
+        };
+        let Some(se) = nse.services.get(svc) else {
+            return Lookup::NxDomain;
+        };
+        match rest {
+            [] => match &se.kind {
+                ServiceKind::Cluster { a, aaaa } => addresses(qtype, a, aaaa),
+                ServiceKind::Headless { a, aaaa } => {
+                    if a.is_empty() && aaaa.is_empty() {
+                        Lookup::NxDomain
+                    } else {
+                        addresses(qtype, a, aaaa)
+                    }
+                }
+                ServiceKind::External { cname, target } => self.cname(cname, target, qtype, depth),
+            },
+            [ep] if !ep.starts_with(b"_") => match se.endpoints.get(*ep) {
+                Some(e) => addresses(qtype, &e.a, &e.aaaa),
+                None => Lookup::NxDomain,
+            },
+            [proto] => match se.srv.contains_key(*proto) {
+                true => Lookup::NoData,
+                false => Lookup::NxDomain,
+            },
+            [port, proto] => match se.srv.get(*proto).and_then(|p| p.get(*port)) {
+                Some(s) => match qtype {
+                    TYPE_SRV | TYPE_ANY => Lookup::Answer {
+                        answer: vec![Cow::Borrowed(&s.srv)],
+                        additional: vec![Cow::Borrowed(&s.additional)],
+                    },
+                    _ => Lookup::NoData,
+                },
+                None => Lookup::NxDomain,
+            },
+            _ => Lookup::NxDomain,
+        }
+    }
+
+    /// The CNAME of an ExternalName service, followed inside the zone (a
+    /// target outside is left to the client, as the record says).
+    fn cname<'s>(&'s self, cname: &'s RrList, target: &[u8], qtype: u16, depth: u8) -> Lookup<'s> {
+        let mut answer = vec![Cow::Borrowed(cname)];
+        if qtype == TYPE_CNAME || depth >= 8 {
+            return Lookup::Answer {
+                answer,
+                additional: Vec::new(),
+            };
+        }
+        let Some(tname) = wire::LowerName::from_wire(target) else {
+            return Lookup::Answer {
+                answer,
+                additional: Vec::new(),
+            };
+        };
+        let zone_labels = count_labels(&self.config.zone);
+        let labels: Vec<&[u8]> = tname.labels().collect();
+        if labels.len() >= zone_labels
+            && target.ends_with(&self.config.zone)
+            && suffix_is_aligned(target, self.config.zone.len())
+        {
+            if let Lookup::Answer { answer: more, .. } =
+                self.lookup_zone(&labels[..labels.len() - zone_labels], qtype, depth + 1)
+            {
+                answer.extend(more.iter().map(|l| Cow::Owned(l.reowned(target))));
+            }
+        }
+        Lookup::Answer {
+            answer,
+            additional: Vec::new(),
+        }
+    }
+
+    fn lookup_pod(&self, rest: &[&[u8]], qtype: u16) -> Lookup<'_> {
+        if self.config.pods == PodMode::Disabled {
+            return if rest.is_empty() {
+                Lookup::NoData
+            } else {
+                Lookup::NxDomain
+            };
+        }
+        let Some((&ns, rest)) = rest.split_last() else {
+            return Lookup::NoData;
+        };
+        let [dashed] = rest else {
+            return if rest.is_empty() && self.namespaces.contains_key(ns) {
+                Lookup::NoData
+            } else if rest.is_empty() && self.config.pods == PodMode::Insecure {
+                Lookup::NoData
+            } else {
+                Lookup::NxDomain
+            };
+        };
+        let Some(ip) = parse_dashed_ip(dashed) else {
+            return Lookup::NxDomain;
+        };
+        if self.config.pods == PodMode::Verified {
+            let found = self
+                .pods
+                .get(&ip)
+                .is_some_and(|nss| nss.iter().any(|n| &**n == ns));
+            if !found {
+                return Lookup::NxDomain;
+            }
+        }
+        let matches = match ip {
+            IpAddr::V4(_) => matches!(qtype, TYPE_A | TYPE_ANY),
+            IpAddr::V6(_) => matches!(qtype, TYPE_AAAA | TYPE_ANY),
+        };
+        if !matches {
+            return Lookup::NoData;
+        }
+        let mut l = RrList::new();
+        l.push_ip(&wire::PTR_TO_QNAME, self.config.ttl, ip);
+        Lookup::Answer {
+            answer: vec![Cow::Owned(l)],
+            additional: Vec::new(),
+        }
+    }
+}
+
+fn count_labels(wire: &[u8]) -> usize {
+    let mut n = 0;
+    let mut pos = 0;
+    while let Some(&len) = wire.get(pos) {
+        if len == 0 {
+            break;
+        }
+        n += 1;
+        pos += 1 + len as usize;
+    }
+    n
+}
+
+/// True when the last `suffix_len` bytes of `wire` start at a label boundary.
+fn suffix_is_aligned(wire: &[u8], suffix_len: usize) -> bool {
+    let want = wire.len() - suffix_len;
+    let mut pos = 0;
+    while pos < want {
+        pos += 1 + wire[pos] as usize;
+    }
+    pos == want
+}
+
+/// `10-0-0-1` -> 10.0.0.1; `fd00--1` -> fd00::1 (the CoreDNS pod forms).
+pub fn parse_dashed_ip(label: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(label).ok()?;
+    if let Ok(v4) = s.replace('-', ".").parse::<std::net::Ipv4Addr>() {
+        if s.matches('-').count() == 3 {
+            return Some(IpAddr::V4(v4));
+        }
+    }
+    s.replace('-', ":")
+        .parse::<std::net::Ipv6Addr>()
+        .ok()
+        .map(IpAddr::V6)
+}
+
+/// The label form of an address: `10-0-0-1`, `fd00--1`.
+pub fn dashed_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string().replace('.', "-"),
+        IpAddr::V6(v6) => v6.to_string().replace(':', "-"),
+    }
+}
