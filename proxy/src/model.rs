@@ -1,0 +1,918 @@
+//! Desired model: what the cluster asks of this node's proxy, per IP family and
+//! service port, after validation. Pure: built from an informer `Snapshot` and
+//! the proxy configuration, no I/O. Bad objects are skipped (and reported in
+//! `Model::skipped`, which the caller logs) while everything else is kept.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use podnet_state::object::SERVICE_NAME_LABEL;
+use podnet_state::{NamespacedName, Snapshot};
+
+/// Affinity timeout Kubernetes uses when `sessionAffinityConfig` is absent (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10800;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+    /// nftables family keyword (`ip`, `ip6`), also the payload keyword.
+    pub fn nft(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+    /// Kubernetes `addressType` / ipFamilies spelling.
+    pub fn k8s(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// Parses the Kubernetes spelling; absent means TCP as in Kubernetes.
+    pub fn parse(p: Option<&str>) -> Option<Protocol> {
+        match p.unwrap_or("TCP") {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+    /// IP protocol number (`meta l4proto`).
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+}
+
+/// `namespace/name:portName`, the identity of one service port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServicePortName {
+    pub service: NamespacedName,
+    /// The port's `name` (may be empty for single-port services).
+    pub port: String,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.service, self.port, self.protocol.name())
+    }
+}
+
+/// One endpoint address + target port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            IpAddr::V4(ip) => write!(f, "{}:{}", ip, self.port),
+            IpAddr::V6(ip) => write!(f, "[{}]:{}", ip, self.port),
+        }
+    }
+}
+
+/// Everything the ruleset needs to know about one service port in one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: ServicePortName,
+    pub cluster_ip: IpAddr,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    pub external_ips: Vec<IpAddr>,
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// Endpoints for cluster-wide policy: ready ones, or serving+terminating
+    /// ones when none is ready. Sorted, deduplicated.
+    pub cluster_endpoints: Vec<Endpoint>,
+    /// The subset of endpoints on this node (same ready/fallback rule applied
+    /// to the local endpoints alone).
+    pub local_endpoints: Vec<Endpoint>,
+    /// Endpoints whose node is this one or unknown: the hairpin candidates.
+    pub maybe_local_endpoints: Vec<Endpoint>,
+    /// `sessionAffinity: ClientIP` timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    /// `externalTrafficPolicy: Local` on an externally reachable service.
+    pub external_policy_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_policy_local: bool,
+    pub health_check_node_port: Option<u16>,
+}
+
+impl ServicePort {
+    /// Reachable from outside through NodePort, externalIPs or LB IPs.
+    pub fn externally_accessible(&self) -> bool {
+        self.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+    }
+    /// Endpoints that ClusterIP traffic may use.
+    pub fn internal_endpoints(&self) -> &[Endpoint] {
+        if self.internal_policy_local {
+            &self.local_endpoints
+        } else {
+            &self.cluster_endpoints
+        }
+    }
+    /// Endpoints that external traffic from outside the cluster may use.
+    pub fn external_endpoints(&self) -> &[Endpoint] {
+        if self.external_policy_local {
+            &self.local_endpoints
+        } else {
+            &self.cluster_endpoints
+        }
+    }
+    pub fn has_endpoints(&self) -> bool {
+        !self.cluster_endpoints.is_empty() || !self.local_endpoints.is_empty()
+    }
+    /// Every address that steers traffic to this service port besides NodePorts.
+    pub fn service_ips(&self) -> impl Iterator<Item = &IpAddr> {
+        std::iter::once(&self.cluster_ip)
+            .chain(self.external_ips.iter())
+            .chain(self.load_balancer_ips.iter())
+    }
+}
+
+/// Settings the model depends on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelConfig {
+    pub node_name: String,
+    /// Service ClusterIP ranges; a ClusterIP outside them is rejected. Empty
+    /// for a family = no check for it.
+    pub service_cidrs: Vec<IpNetwork>,
+}
+
+/// An object (or part of one) that was left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub object: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.reason)
+    }
+}
+
+/// A healthCheckNodePort responder: which service and how many local endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub service: NamespacedName,
+    pub local_endpoints: usize,
+}
+
+/// The desired state of both families.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Model {
+    pub v4: BTreeMap<ServicePortName, ServicePort>,
+    pub v6: BTreeMap<ServicePortName, ServicePort>,
+    /// healthCheckNodePort -> responder state (eTP=Local services).
+    pub health_checks: BTreeMap<u16, HealthCheck>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl Model {
+    pub fn family(&self, f: Family) -> &BTreeMap<ServicePortName, ServicePort> {
+        match f {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+    }
+    fn family_mut(&mut self, f: Family) -> &mut BTreeMap<ServicePortName, ServicePort> {
+        match f {
+            Family::V4 => &mut self.v4,
+            Family::V6 => &mut self.v6,
+        }
+    }
+    fn skip(&mut self, object: impl fmt::Display, reason: impl Into<String>) {
+        self.skipped.push(Skipped {
+            object: object.to_string(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Builds the model from a snapshot.
+    pub fn build(snapshot: &Snapshot, cfg: &ModelConfig) -> Model {
+        let mut model = Model::default();
+        let slices = slices_by_service(snapshot);
+        for (name, svc) in &snapshot.services {
+            model.add_service(name, svc, slices.get(name).map(Vec::as_slice), cfg);
+        }
+        model
+    }
+
+    fn add_service(
+        &mut self,
+        name: &NamespacedName,
+        svc: &Service,
+        slices: Option<&[&EndpointSlice]>,
+        cfg: &ModelConfig,
+    ) {
+        let Some(spec) = &svc.spec else {
+            self.skip(format!("service {name}"), "no spec");
+            return;
+        };
+        let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if type_ == "ExternalName" {
+            return; // DNS-only; nothing to proxy.
+        }
+        let mut ip_strings: Vec<&str> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        if ip_strings.is_empty() {
+            ip_strings.extend(spec.cluster_ip.as_deref());
+        }
+        if ip_strings.is_empty() || ip_strings.iter().any(|s| *s == "None" || s.is_empty()) {
+            return; // headless (or not allocated yet): nothing to proxy.
+        }
+        let mut cluster_ips: BTreeMap<Family, IpAddr> = BTreeMap::new();
+        for s in ip_strings {
+            let ip: IpAddr = match s.parse() {
+                Ok(ip) => ip,
+                Err(_) => {
+                    self.skip(
+                        format!("service {name}"),
+                        format!("clusterIP {s:?} is not an IP address"),
+                    );
+                    return;
+                }
+            };
+            let fam = Family::of(&ip);
+            let cidrs: Vec<&IpNetwork> = cfg
+                .service_cidrs
+                .iter()
+                .filter(|c| Family::of(&c.ip()) == fam)
+                .collect();
+            if !cidrs.is_empty() && !cidrs.iter().any(|c| c.contains(ip)) {
+                self.skip(
+                    format!("service {name}"),
+                    format!(
+                        "clusterIP {ip} is outside the service CIDR {}",
+                        cidrs
+                            .iter()
+                            .map(|c| c.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
+                );
+                return;
+            }
+            cluster_ips.entry(fam).or_insert(ip);
+        }
+        let external_ips = self.parse_ips(name, "externalIP", spec.external_ips.iter().flatten());
+        let lb_ips = if type_ == "LoadBalancer" {
+            let ingress: Vec<&String> = svc
+                .status
+                .iter()
+                .flat_map(|s| s.load_balancer.iter())
+                .flat_map(|lb| lb.ingress.iter().flatten())
+                .filter_map(|i| i.ip.as_ref())
+                .collect();
+            self.parse_ips(name, "load balancer ingress IP", ingress.into_iter())
+        } else {
+            Vec::new()
+        };
+        let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .filter(|t| *t > 0)
+                .map(|t| t as u32)
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECS)
+        });
+        let etp_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let node_ports_allowed = type_ == "NodePort" || type_ == "LoadBalancer";
+
+        let mut seen: BTreeSet<(Protocol, u16)> = BTreeSet::new();
+        let mut seen_names: BTreeSet<String> = BTreeSet::new();
+        let mut max_local = 0usize;
+        let mut hc_port = None;
+        for p in spec.ports.iter().flatten() {
+            let port_name = p.name.clone().unwrap_or_default();
+            let what = format!("service {name} port {port_name:?} ({})", p.port);
+            let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
+                self.skip(
+                    what,
+                    format!("unknown protocol {:?}", p.protocol.as_deref().unwrap_or("")),
+                );
+                continue;
+            };
+            let Some(port) = valid_port(p.port) else {
+                self.skip(what, "port must be 1..65535");
+                continue;
+            };
+            if !seen.insert((protocol, port)) {
+                self.skip(what, format!("duplicate port {port}/{}", protocol.name()));
+                continue;
+            }
+            if !seen_names.insert(port_name.clone()) {
+                self.skip(what, format!("duplicate port name {port_name:?}"));
+                continue;
+            }
+            let node_port = match p.node_port.filter(|_| node_ports_allowed) {
+                None | Some(0) => None,
+                Some(np) => match valid_port(np) {
+                    Some(np) => Some(np),
+                    None => {
+                        self.skip(what, format!("nodePort {np} must be 1..65535"));
+                        continue;
+                    }
+                },
+            };
+            let spn = ServicePortName {
+                service: name.clone(),
+                port: port_name.clone(),
+                protocol,
+            };
+            for (fam, cluster_ip) in &cluster_ips {
+                let eps = endpoints_for(
+                    slices.unwrap_or(&[]),
+                    *fam,
+                    &port_name,
+                    protocol,
+                    &cfg.node_name,
+                );
+                let sp = ServicePort {
+                    name: spn.clone(),
+                    cluster_ip: *cluster_ip,
+                    port,
+                    node_port,
+                    external_ips: external_ips
+                        .iter()
+                        .filter(|ip| Family::of(ip) == *fam)
+                        .copied()
+                        .collect(),
+                    load_balancer_ips: lb_ips
+                        .iter()
+                        .filter(|ip| Family::of(ip) == *fam)
+                        .copied()
+                        .collect(),
+                    cluster_endpoints: eps.cluster,
+                    local_endpoints: eps.local,
+                    maybe_local_endpoints: eps.maybe_local,
+                    affinity_timeout,
+                    external_policy_local: false,
+                    internal_policy_local: itp_local,
+                    health_check_node_port: None,
+                };
+                let ext_local = etp_local && sp.externally_accessible();
+                let sp = ServicePort {
+                    external_policy_local: ext_local,
+                    health_check_node_port: if ext_local {
+                        spec.health_check_node_port.and_then(valid_port)
+                    } else {
+                        None
+                    },
+                    ..sp
+                };
+                if let Some(hc) = sp.health_check_node_port {
+                    hc_port = Some(hc);
+                    max_local = max_local.max(sp.local_endpoints.len());
+                }
+                self.family_mut(*fam).insert(spn.clone(), sp);
+            }
+        }
+        if let Some(port) = hc_port {
+            // Dual-stack: the same pods appear once per family; count one family.
+            self.health_checks.insert(
+                port,
+                HealthCheck {
+                    service: name.clone(),
+                    local_endpoints: max_local,
+                },
+            );
+        }
+    }
+
+    fn parse_ips<'a>(
+        &mut self,
+        name: &NamespacedName,
+        what: &str,
+        ips: impl Iterator<Item = &'a String>,
+    ) -> Vec<IpAddr> {
+        let mut out = Vec::new();
+        for s in ips {
+            match s.parse::<IpAddr>() {
+                Ok(ip) if !out.contains(&ip) => out.push(ip),
+                Ok(_) => {}
+                Err(_) => self.skip(
+                    format!("service {name}"),
+                    format!("{what} {s:?} is not an IP address (ignored)"),
+                ),
+            }
+        }
+        out
+    }
+}
+
+fn valid_port(p: i32) -> Option<u16> {
+    u16::try_from(p).ok().filter(|p| *p != 0)
+}
+
+fn slices_by_service(snapshot: &Snapshot) -> BTreeMap<NamespacedName, Vec<&EndpointSlice>> {
+    let mut out: BTreeMap<NamespacedName, Vec<&EndpointSlice>> = BTreeMap::new();
+    for (key, slice) in &snapshot.endpoint_slices {
+        let Some(svc) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
+            continue;
+        };
+        out.entry(NamespacedName::new(&key.namespace, svc))
+            .or_default()
+            .push(slice);
+    }
+    out
+}
+
+struct PortEndpoints {
+    cluster: Vec<Endpoint>,
+    local: Vec<Endpoint>,
+    maybe_local: Vec<Endpoint>,
+}
+
+#[derive(Default)]
+struct Candidates {
+    ready: BTreeSet<Endpoint>,
+    serving_terminating: BTreeSet<Endpoint>,
+}
+
+impl Candidates {
+    /// Ready endpoints, or the serving-terminating ones when none is ready.
+    fn usable(self) -> Vec<Endpoint> {
+        if self.ready.is_empty() {
+            self.serving_terminating.into_iter().collect()
+        } else {
+            self.ready.into_iter().collect()
+        }
+    }
+}
+
+fn endpoints_for(
+    slices: &[&EndpointSlice],
+    fam: Family,
+    port_name: &str,
+    protocol: Protocol,
+    node: &str,
+) -> PortEndpoints {
+    let mut all = Candidates::default();
+    let mut local = Candidates::default();
+    let mut maybe_local = BTreeSet::new();
+    for slice in slices {
+        if slice.address_type != fam.k8s() {
+            continue;
+        }
+        let target = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or("") == port_name
+                && Protocol::parse(p.protocol.as_deref()) == Some(protocol)
+        });
+        let Some(port) = target.and_then(|p| p.port).and_then(valid_port) else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let cond = ep.conditions.as_ref();
+            // Kubernetes semantics: unset ready means ready; unset serving means `ready`.
+            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+            let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+            let node_name = ep.node_name.as_deref();
+            let is_local = node_name == Some(node);
+            // Kubernetes uses only the first address of an endpoint.
+            let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            if Family::of(&ip) != fam {
+                continue;
+            }
+            let e = Endpoint { ip, port };
+            for c in [&mut all].into_iter().chain(is_local.then_some(&mut local)) {
+                if ready {
+                    c.ready.insert(e);
+                } else if serving && terminating {
+                    c.serving_terminating.insert(e);
+                }
+            }
+            if (ready || (serving && terminating)) && (is_local || node_name.is_none()) {
+                maybe_local.insert(e);
+            }
+        }
+    }
+    PortEndpoints {
+        cluster: all.usable(),
+        local: local.usable(),
+        maybe_local: maybe_local.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, ServicePort as K8sPort,
+        ServiceSpec, ServiceStatus, SessionAffinityConfig,
+    };
+    use k8s_openapi::api::discovery::v1::{
+        Endpoint as K8sEndpoint, EndpointConditions, EndpointPort,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use std::sync::Arc;
+
+    pub fn svc(ns: &str, name: &str, ip: &str, ports: &[(&str, &str, i32, i32)]) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some(ip.into()),
+                cluster_ips: Some(ip.split(',').map(String::from).collect()),
+                type_: Some(
+                    if ports.iter().any(|p| p.3 != 0) {
+                        "NodePort"
+                    } else {
+                        "ClusterIP"
+                    }
+                    .into(),
+                ),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(n, proto, port, np)| K8sPort {
+                            name: Some(n.to_string()),
+                            protocol: Some(proto.to_string()),
+                            port: *port,
+                            node_port: (*np != 0).then_some(*np),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    /// An endpoint: (ip, node, ready, serving, terminating).
+    pub type Ep<'a> = (&'a str, &'a str, bool, bool, bool);
+
+    pub fn slice(
+        ns: &str,
+        svc: &str,
+        suffix: &str,
+        fam: &str,
+        ports: &[(&str, &str, i32)],
+        eps: &[Ep],
+    ) -> EndpointSlice {
+        EndpointSlice {
+            address_type: fam.into(),
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(format!("{svc}-{suffix}")),
+                labels: Some([(SERVICE_NAME_LABEL.to_string(), svc.to_string())].into()),
+                ..Default::default()
+            },
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, proto, port)| EndpointPort {
+                        name: Some(n.to_string()),
+                        protocol: Some(proto.to_string()),
+                        port: Some(*port),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            endpoints: eps
+                .iter()
+                .map(|(ip, node, ready, serving, term)| K8sEndpoint {
+                    addresses: vec![ip.to_string()],
+                    node_name: (!node.is_empty()).then(|| node.to_string()),
+                    conditions: Some(EndpointConditions {
+                        ready: Some(*ready),
+                        serving: Some(*serving),
+                        terminating: Some(*term),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    pub fn snapshot(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Snapshot {
+        let mut s = Snapshot {
+            synced: true,
+            ..Default::default()
+        };
+        for svc in services {
+            let m = &svc.metadata;
+            s.services.insert(
+                NamespacedName::new(m.namespace.as_deref().unwrap(), m.name.as_deref().unwrap()),
+                Arc::new(svc),
+            );
+        }
+        for sl in slices {
+            let m = &sl.metadata;
+            s.endpoint_slices.insert(
+                NamespacedName::new(m.namespace.as_deref().unwrap(), m.name.as_deref().unwrap()),
+                Arc::new(sl),
+            );
+        }
+        s
+    }
+
+    pub fn cfg() -> ModelConfig {
+        ModelConfig {
+            node_name: "node-a".into(),
+            service_cidrs: vec![
+                "10.96.0.0/16".parse().unwrap(),
+                "fd00:96::/112".parse().unwrap(),
+            ],
+        }
+    }
+
+    fn spn(ns: &str, name: &str, port: &str, p: Protocol) -> ServicePortName {
+        ServicePortName {
+            service: NamespacedName::new(ns, name),
+            port: port.into(),
+            protocol: p,
+        }
+    }
+
+    fn ep(s: &str) -> Endpoint {
+        let (ip, port) = s.rsplit_once(':').unwrap();
+        Endpoint {
+            ip: ip.trim_matches(|c| c == '[' || c == ']').parse().unwrap(),
+            port: port.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn ready_endpoints_and_terminating_fallback() {
+        let s = snapshot(
+            vec![
+                svc("default", "web", "10.96.0.10", &[("http", "TCP", 80, 0)]),
+                svc("default", "old", "10.96.0.11", &[("http", "TCP", 80, 0)]),
+            ],
+            vec![
+                slice(
+                    "default",
+                    "web",
+                    "a",
+                    "IPv4",
+                    &[("http", "TCP", 8080)],
+                    &[
+                        ("10.244.0.2", "node-a", true, true, false),
+                        ("10.244.1.2", "node-b", true, true, false),
+                        ("10.244.1.3", "node-b", false, true, true),
+                        ("10.244.1.4", "node-b", false, false, false),
+                    ],
+                ),
+                slice(
+                    "default",
+                    "old",
+                    "a",
+                    "IPv4",
+                    &[("http", "TCP", 8080)],
+                    &[
+                        ("10.244.1.3", "node-b", false, true, true),
+                        ("10.244.1.4", "node-b", false, false, true),
+                    ],
+                ),
+            ],
+        );
+        let m = Model::build(&s, &cfg());
+        assert!(m.skipped.is_empty(), "{:?}", m.skipped);
+        let web = &m.v4[&spn("default", "web", "http", Protocol::Tcp)];
+        assert_eq!(
+            web.cluster_endpoints,
+            vec![ep("10.244.0.2:8080"), ep("10.244.1.2:8080")]
+        );
+        assert_eq!(web.local_endpoints, vec![ep("10.244.0.2:8080")]);
+        assert_eq!(web.port, 80);
+        let old = &m.v4[&spn("default", "old", "http", Protocol::Tcp)];
+        assert_eq!(
+            old.cluster_endpoints,
+            vec![ep("10.244.1.3:8080")],
+            "serving+terminating fallback"
+        );
+        assert!(m.v6.is_empty());
+    }
+
+    #[test]
+    fn headless_externalname_and_other_family_skipped_silently() {
+        let mut ext = svc("default", "ext", "10.96.0.12", &[("http", "TCP", 80, 0)]);
+        ext.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
+        let s = snapshot(
+            vec![
+                svc("default", "headless", "None", &[("http", "TCP", 80, 0)]),
+                ext,
+                svc("default", "v6only", "fd00:96::5", &[("dns", "UDP", 53, 0)]),
+            ],
+            vec![],
+        );
+        let m = Model::build(&s, &cfg());
+        assert!(m.skipped.is_empty());
+        assert!(m.v4.is_empty());
+        assert_eq!(m.v6.len(), 1);
+        let v6 = m.v6.values().next().unwrap();
+        assert_eq!(v6.cluster_ip, "fd00:96::5".parse::<IpAddr>().unwrap());
+        assert!(!v6.has_endpoints());
+    }
+
+    #[test]
+    fn bad_objects_skipped_rest_kept() {
+        let s = snapshot(
+            vec![
+                svc(
+                    "default",
+                    "mixed",
+                    "10.96.0.20",
+                    &[
+                        ("zero", "TCP", 0, 0),
+                        ("weird", "ICMP", 80, 0),
+                        ("http", "TCP", 80, 0),
+                        ("http2", "TCP", 80, 0),
+                        ("dns", "UDP", 53, 0),
+                    ],
+                ),
+                svc(
+                    "default",
+                    "outside",
+                    "192.168.7.7",
+                    &[("http", "TCP", 80, 0)],
+                ),
+                svc("default", "garbage", "10.96.x", &[("http", "TCP", 80, 0)]),
+            ],
+            vec![],
+        );
+        let m = Model::build(&s, &cfg());
+        let reasons: Vec<String> = m.skipped.iter().map(|s| s.to_string()).collect();
+        assert_eq!(m.skipped.len(), 5, "{reasons:#?}");
+        assert!(reasons
+            .iter()
+            .any(|r| r.contains("\"zero\"") && r.contains("1..65535")));
+        assert!(reasons
+            .iter()
+            .any(|r| r.contains("unknown protocol \"ICMP\"")));
+        assert!(reasons
+            .iter()
+            .any(|r| r.contains("\"http2\"") && r.contains("duplicate port 80/tcp")));
+        assert!(reasons
+            .iter()
+            .any(|r| r.contains("default/outside") && r.contains("outside the service CIDR")));
+        assert!(reasons
+            .iter()
+            .any(|r| r.contains("default/garbage") && r.contains("not an IP")));
+        let kept: Vec<String> = m.v4.keys().map(|k| k.to_string()).collect();
+        assert_eq!(
+            kept,
+            vec!["default/mixed:dns/udp", "default/mixed:http/tcp"]
+        );
+    }
+
+    #[test]
+    fn policies_affinity_lb_and_health_check() {
+        let mut lb = svc(
+            "default",
+            "lb",
+            "10.96.0.30,fd00:96::30",
+            &[("http", "TCP", 80, 30080)],
+        );
+        {
+            let spec = lb.spec.as_mut().unwrap();
+            spec.type_ = Some("LoadBalancer".into());
+            spec.external_traffic_policy = Some("Local".into());
+            spec.health_check_node_port = Some(32000);
+            spec.external_ips = Some(vec!["192.0.2.9".into()]);
+            spec.session_affinity = Some("ClientIP".into());
+            spec.session_affinity_config = Some(SessionAffinityConfig {
+                client_ip: Some(ClientIPConfig {
+                    timeout_seconds: Some(60),
+                }),
+            });
+        }
+        lb.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![LoadBalancerIngress {
+                    ip: Some("198.51.100.1".into()),
+                    ..Default::default()
+                }]),
+            }),
+            ..Default::default()
+        });
+        let mut internal = svc("default", "int", "10.96.0.31", &[("http", "TCP", 80, 0)]);
+        internal.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+        internal.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        let s = snapshot(
+            vec![lb, internal],
+            vec![
+                slice(
+                    "default",
+                    "lb",
+                    "4",
+                    "IPv4",
+                    &[("http", "TCP", 8080)],
+                    &[
+                        ("10.244.0.2", "node-a", true, true, false),
+                        ("10.244.1.2", "node-b", true, true, false),
+                    ],
+                ),
+                slice(
+                    "default",
+                    "lb",
+                    "6",
+                    "IPv6",
+                    &[("http", "TCP", 8080)],
+                    &[("fd00:244::2", "node-a", true, true, false)],
+                ),
+                slice(
+                    "default",
+                    "int",
+                    "4",
+                    "IPv4",
+                    &[("http", "TCP", 8080)],
+                    &[("10.244.1.2", "node-b", true, true, false)],
+                ),
+            ],
+        );
+        let m = Model::build(&s, &cfg());
+        assert!(m.skipped.is_empty(), "{:?}", m.skipped);
+        let lb4 = &m.v4[&spn("default", "lb", "http", Protocol::Tcp)];
+        assert_eq!(lb4.affinity_timeout, Some(60));
+        assert!(lb4.external_policy_local);
+        assert_eq!(lb4.node_port, Some(30080));
+        assert_eq!(
+            lb4.external_ips,
+            vec!["192.0.2.9".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            lb4.load_balancer_ips,
+            vec!["198.51.100.1".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(lb4.external_endpoints(), &[ep("10.244.0.2:8080")]);
+        let lb6 = &m.v6[&spn("default", "lb", "http", Protocol::Tcp)];
+        assert!(lb6.external_ips.is_empty());
+        assert_eq!(lb6.cluster_endpoints, vec![ep("[fd00:244::2]:8080")]);
+        assert_eq!(
+            m.health_checks[&32000],
+            HealthCheck {
+                service: NamespacedName::new("default", "lb"),
+                local_endpoints: 1
+            }
+        );
+        let int = &m.v4[&spn("default", "int", "http", Protocol::Tcp)];
+        assert!(int.internal_policy_local);
+        assert!(
+            !int.external_policy_local,
+            "eTP only matters for externally reachable services"
+        );
+        assert!(int.internal_endpoints().is_empty());
+        assert_eq!(int.cluster_endpoints.len(), 1);
+    }
+}
