@@ -539,6 +539,13 @@ fn write_resolv_conf(netns: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether `text` has `ip` as a whole token (so 10.0.0.2 does not match 10.0.0.20).
+fn mentions_address(text: &str, ip: &str) -> bool {
+    text.split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
+        .flat_map(|t| t.split(':'))
+        .any(|t| t == ip)
+}
+
 fn pid_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| !s.contains(") Z "))
@@ -658,6 +665,20 @@ pub fn delete_pod(name: &str) -> Result<()> {
         bin_dir: default_bin_dir(),
     };
     lab.apply(&manifests::services(&remaining, &dns))?;
+    // Like a terminating pod's grace period: tear the pod down only once no
+    // node's proxy sends new connections to it any more.
+    let ip = pod.ip.clone();
+    wait_for(
+        &format!("every proxy to drop {ip}"),
+        Duration::from_secs(10),
+        || {
+            rec.nodes.iter().all(|n| {
+                ns_sh(&n.netns, "nft list table ip podnet")
+                    .map(|rules| !mentions_address(&rules, &ip))
+                    .unwrap_or(false)
+            })
+        },
+    )?;
     let node = rec
         .nodes
         .iter()
@@ -818,4 +839,18 @@ pub fn summary(rec: &LabRecord) -> String {
         rec.nodes.first().map(|n| n.underlay_ip.clone()).unwrap_or_default(),
         status = status().unwrap_or_default(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mentions_address;
+
+    #[test]
+    fn address_tokens_match_whole_addresses_only() {
+        let rules = "elements = { 10.244.1.20 . tcp . 80 : goto x }\n dnat ip to 10.244.2.3:80";
+        assert!(mentions_address(rules, "10.244.1.20"));
+        assert!(mentions_address(rules, "10.244.2.3"));
+        assert!(!mentions_address(rules, "10.244.1.2"));
+        assert!(!mentions_address(rules, "10.244.2.30"));
+    }
 }
