@@ -452,7 +452,7 @@ impl Batch {
             let nest_start = w.len();
             while i < elems.len() {
                 let before = w.len();
-                elems[i].encode(&mut w, with_data)?;
+                elems[i].encode(&mut w, (i - first + 1) as u16, with_data)?;
                 if w.len() - nest_start > MAX_ELEMS_NEST {
                     if i == first {
                         return Err(Error::Invalid(format!(

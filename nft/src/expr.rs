@@ -292,6 +292,16 @@ pub enum Expr {
         mask: Vec<u8>,
         xor: Vec<u8>,
     },
+    /// Same operation as `Bitwise`, but also sends NFTA_BITWISE_OP (mask-xor)
+    /// like nft does for explicit binary operations (`meta mark set mark |
+    /// 0x4000`, `meta mark & 0x4000 != 0`); `Bitwise` is the form nft uses
+    /// for prefix and flag matches. The kernel treats both the same.
+    BitwiseStmt {
+        sreg: Reg,
+        dreg: Reg,
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
     /// Match `from <= sreg <= to` (or outside with `neq`).
     Range {
         sreg: Reg,
@@ -402,7 +412,7 @@ impl Expr {
             Expr::Payload { .. } => "payload",
             Expr::Meta { .. } | Expr::MetaSet { .. } => "meta",
             Expr::Cmp { .. } => "cmp",
-            Expr::Bitwise { .. } => "bitwise",
+            Expr::Bitwise { .. } | Expr::BitwiseStmt { .. } => "bitwise",
             Expr::Range { .. } => "range",
             Expr::Lookup { .. } => "lookup",
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
@@ -455,10 +465,18 @@ impl Expr {
                 dreg,
                 mask,
                 xor,
+            }
+            | Expr::BitwiseStmt {
+                sreg,
+                dreg,
+                mask,
+                xor,
             } => {
                 put_reg(w, sys::NFTA_BITWISE_SREG, *sreg);
                 put_reg(w, sys::NFTA_BITWISE_DREG, *dreg);
-                w.put_u32_be(sys::NFTA_BITWISE_OP, 0);
+                if matches!(self, Expr::BitwiseStmt { .. }) {
+                    w.put_u32_be(sys::NFTA_BITWISE_OP, 0);
+                }
                 w.put_u32_be(sys::NFTA_BITWISE_LEN, mask.len() as u32);
                 put_data_value(w, sys::NFTA_BITWISE_MASK, mask)?;
                 put_data_value(w, sys::NFTA_BITWISE_XOR, xor)?;
@@ -608,8 +626,11 @@ impl Expr {
                 w.put(sys::NFTA_REJECT_ICMP_CODE, &[code]);
             }
             Expr::Counter { packets, bytes } => {
-                w.put_u64_be(sys::NFTA_COUNTER_BYTES, *bytes);
-                w.put_u64_be(sys::NFTA_COUNTER_PACKETS, *packets);
+                // Like nft, start values are only sent when non-zero.
+                if *bytes != 0 || *packets != 0 {
+                    w.put_u64_be(sys::NFTA_COUNTER_BYTES, *bytes);
+                    w.put_u64_be(sys::NFTA_COUNTER_PACKETS, *packets);
+                }
             }
             Expr::Dynset {
                 op,

@@ -334,6 +334,9 @@ impl Set {
         if self.key.is_concat() && !self.anonymous {
             udata::put_typeof(&mut u, sys::UDATA_SET_KEY_TYPEOF, sys::EXPR_CONCAT);
         }
+        if !self.anonymous && self.data.as_ref().is_some_and(|d| d.is_concat()) {
+            udata::put_typeof(&mut u, sys::UDATA_SET_DATA_TYPEOF, sys::EXPR_CONCAT);
+        }
         if self.anonymous && self.is_vmap() {
             udata::put_typeof(&mut u, sys::UDATA_SET_DATA_TYPEOF, sys::EXPR_VERDICT);
         }
@@ -485,10 +488,12 @@ impl SetElem {
         self
     }
 
-    /// Encodes one NFTA_LIST_ELEM. `with_data` is false for deletions, which
-    /// only need the key.
-    pub(crate) fn encode(&self, w: &mut AttrWriter, with_data: bool) -> Result<()> {
-        let e = w.nest(sys::NFTA_LIST_ELEM);
+    /// Encodes one list entry. The kernel ignores the entry's attribute type;
+    /// libnftnl numbers entries 1, 2, 3... (`index`), and so do we so that
+    /// messages compare equal. `with_data` is false for deletions, which only
+    /// need the key.
+    pub(crate) fn encode(&self, w: &mut AttrWriter, index: u16, with_data: bool) -> Result<()> {
+        let e = w.nest(index);
         if with_data {
             if let Some(t) = self.timeout {
                 w.put_u64_be(sys::NFTA_SET_ELEM_TIMEOUT, t.as_millis() as u64);

@@ -60,22 +60,32 @@ impl Rule {
         })
     }
 
-    /// `<field> & mask != 0`, how nft matches flag fields such as
-    /// `ct state new,established` (mask = the bits, host order u32).
+    /// `<field> & mask != 0` (mask = host-order u32 bits). For the flag
+    /// types `ct state`/`ct status` this is nft's `ct state new,established`;
+    /// for others (`meta mark & 0x4000 != 0`) nft encodes an explicit
+    /// binary operation, reproduced here.
     pub fn any_bits(self, field: Field, mask: u32) -> Rule {
         let r = Reg::first();
-        self.expr(field.load(r))
-            .expr(Expr::Bitwise {
+        let (mask, xor) = (mask.to_ne_bytes().to_vec(), vec![0; 4]);
+        let bitwise = match field {
+            Field::CtState | Field::CtStatus => Expr::Bitwise {
                 sreg: r,
                 dreg: r,
-                mask: mask.to_ne_bytes().to_vec(),
-                xor: vec![0; 4],
-            })
-            .expr(Expr::Cmp {
+                mask,
+                xor,
+            },
+            _ => Expr::BitwiseStmt {
                 sreg: r,
-                op: CmpOp::Neq,
-                data: vec![0; 4],
-            })
+                dreg: r,
+                mask,
+                xor,
+            },
+        };
+        self.expr(field.load(r)).expr(bitwise).expr(Expr::Cmp {
+            sreg: r,
+            op: CmpOp::Neq,
+            data: vec![0; 4],
+        })
     }
 
     /// `ct state <bits>` (see `expr::ct_state`).
@@ -83,17 +93,41 @@ impl Rule {
         self.any_bits(Field::CtState, bits)
     }
 
-    /// `<prefix-matched address field> <net>/<len>`, e.g. `ip saddr 10.0.0.0/8`.
+    /// `<address field> <net>/<len>`, e.g. `ip saddr 10.0.0.0/8`. Like nft,
+    /// a byte-aligned prefix of a payload field loads only the prefix bytes
+    /// and needs no mask.
     pub fn in_prefix(self, field: Field, net: IpAddr, prefix_len: u8) -> Rule {
         let r = Reg::first();
         let bytes = Val::ip(net).bytes();
+        let plen = (prefix_len as usize).min(bytes.len() * 8);
+        let load = field.load(r);
+        if plen.is_multiple_of(8) {
+            if let Expr::Payload {
+                dreg, base, offset, ..
+            } = load
+            {
+                let n = plen / 8;
+                return self
+                    .expr(Expr::Payload {
+                        dreg,
+                        base,
+                        offset,
+                        len: n as u32,
+                    })
+                    .expr(Expr::Cmp {
+                        sreg: r,
+                        op: CmpOp::Eq,
+                        data: bytes[..n].to_vec(),
+                    });
+            }
+        }
         let mut mask = vec![0u8; bytes.len()];
         for (i, m) in mask.iter_mut().enumerate() {
-            let bits = (prefix_len as usize).saturating_sub(i * 8).min(8);
+            let bits = plen.saturating_sub(i * 8).min(8);
             *m = if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
         }
         let masked: Vec<u8> = bytes.iter().zip(&mask).map(|(b, m)| b & m).collect();
-        self.expr(field.load(r))
+        self.expr(load)
             .expr(Expr::Bitwise {
                 sreg: r,
                 dreg: r,
@@ -175,7 +209,9 @@ impl Rule {
                 addr_max: None,
                 proto_min: Some(Reg::word(addr_words)),
                 proto_max: None,
-                flags: crate::expr::nat_flags::PROTO_SPECIFIED,
+                // The kernel sets PROTO_SPECIFIED itself when a proto
+                // register is given; nft sends no flags here.
+                flags: 0,
             }))
     }
 
@@ -234,7 +270,7 @@ impl Rule {
             dreg: r,
             key: MetaKey::Mark,
         })
-        .expr(Expr::Bitwise {
+        .expr(Expr::BitwiseStmt {
             sreg: r,
             dreg: r,
             mask: (!bits).to_ne_bytes().to_vec(),
@@ -254,7 +290,7 @@ impl Rule {
             dreg: r,
             key: MetaKey::Mark,
         })
-        .expr(Expr::Bitwise {
+        .expr(Expr::BitwiseStmt {
             sreg: r,
             dreg: r,
             mask: (!bits).to_ne_bytes().to_vec(),

@@ -313,6 +313,8 @@ pub enum Val {
     Ipv6(Ipv6Addr),
     /// `inet_proto` / `meta l4proto` (one byte).
     Proto(u8),
+    /// Any other one-byte value (`meta nfproto`, ...).
+    U8(u8),
     /// `inet_service` (big-endian u16).
     Port(u16),
     /// Host-order u32: marks, numgen results, ct state bits, fib type.
@@ -336,7 +338,7 @@ impl Val {
         match self {
             Val::Ipv4(a) => a.octets().to_vec(),
             Val::Ipv6(a) => a.octets().to_vec(),
-            Val::Proto(p) => vec![*p],
+            Val::Proto(p) | Val::U8(p) => vec![*p],
             Val::Port(p) => p.to_be_bytes().to_vec(),
             Val::U32(v) => v.to_ne_bytes().to_vec(),
             Val::IfName(n) => {
