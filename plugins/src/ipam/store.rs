@@ -503,7 +503,10 @@ mod tests {
             st.owner_ips("c1", "eth0").expect("owner"),
             vec![ip("10.1.0.2")]
         );
-        assert_eq!(st.owner_ips("c1", "eth1").expect("owner"), Vec::<IpAddr>::new());
+        assert_eq!(
+            st.owner_ips("c1", "eth1").expect("owner"),
+            Vec::<IpAddr>::new()
+        );
         assert_eq!(st.reserved_in(&s).expect("count"), 1);
         assert_eq!(st.last_reserved(&s), Some(ip("10.1.0.2")));
         // Exclusive: a second reservation of the same address fails and leaves nothing.
@@ -511,7 +514,10 @@ mod tests {
             .reserve("c2", "eth0", &[ip("10.1.0.2")], &[(ip("10.1.0.2"), &s)])
             .expect_err("taken");
         assert_eq!(e.code, 5);
-        assert_eq!(st.owner_ips("c2", "eth0").expect("owner"), Vec::<IpAddr>::new());
+        assert_eq!(
+            st.owner_ips("c2", "eth0").expect("owner"),
+            Vec::<IpAddr>::new()
+        );
         assert_eq!(st.reserved_in(&s).expect("count"), 1);
         drop(st);
         // State survives reopen.
@@ -521,7 +527,10 @@ mod tests {
             st.release("c1", "eth0").expect("release"),
             vec![ip("10.1.0.2")]
         );
-        assert_eq!(st.release("c1", "eth0").expect("again"), Vec::<IpAddr>::new());
+        assert_eq!(
+            st.release("c1", "eth0").expect("again"),
+            Vec::<IpAddr>::new()
+        );
         assert_eq!(st.reserved_in(&s).expect("count"), 0);
         assert!(st.reservations().expect("list").is_empty());
     }
@@ -552,7 +561,10 @@ mod tests {
         fs::write(&f.cfg.boot_id_path, "boot-2\n").expect("reboot");
         let mut st = Store::open(&f.cfg).expect("open after reboot");
         assert!(st.reservations().expect("list").is_empty());
-        assert_eq!(st.owner_ips("old", "eth0").expect("owner"), Vec::<IpAddr>::new());
+        assert_eq!(
+            st.owner_ips("old", "eth0").expect("owner"),
+            Vec::<IpAddr>::new()
+        );
         assert!(!f.cfg.data_dir.join("net/owners/old@eth0").exists());
         assert_eq!(st.reserved_in(&s).expect("count"), 0);
         st.reserve("new", "eth0", &[ip("10.1.0.3")], &[(ip("10.1.0.3"), &s)])
