@@ -281,6 +281,13 @@ fn reservations_from_a_previous_boot_are_released() {
 }
 
 #[test]
+fn del_on_a_never_used_network_creates_nothing() {
+    let net = Net::new("net1");
+    run("DEL", "ctr1", "eth0", &net.conf("1.0.0", v4())).ok();
+    assert!(!net.store().exists());
+}
+
+#[test]
 fn del_with_broken_ranges_still_releases() {
     let net = Net::new("net1");
     let conf = net.conf("1.0.0", v4());

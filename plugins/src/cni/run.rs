@@ -60,6 +60,8 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Runtimes store plugin stderr in their logs; no terminal colours there.
+        .with_ansi(false)
         .try_init();
 }
 

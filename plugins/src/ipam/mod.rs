@@ -111,7 +111,11 @@ impl Plugin for IpamPlugin {
         require_owner(req)?;
         // Only the store location matters: a DEL with a broken range config still
         // releases what the container holds.
-        let mut store = Store::open(&store_config(&req.conf))?;
+        let cfg = store_config(&req.conf);
+        if !Store::exists(&cfg) {
+            return Ok(());
+        }
+        let mut store = Store::open(&cfg)?;
         let released = store.release(&req.env.container_id, &req.env.ifname)?;
         tracing::debug!(container = %req.env.container_id, ?released, "DEL");
         Ok(())

@@ -66,6 +66,12 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> CniError {
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
+    /// Whether the network's store exists at all (DEL of a never-used network is a
+    /// no-op and should not create it).
+    pub fn exists(cfg: &StoreConfig) -> bool {
+        cfg.data_dir.join(&cfg.network).join("ips").is_dir()
+    }
+
     /// Opens (creating) the network's store, takes its lock (blocking), and releases
     /// reservations from previous boots if this is the first call of this boot.
     pub fn open(cfg: &StoreConfig) -> Result<Store, CniError> {
@@ -230,7 +236,11 @@ impl Store {
                     .filter(|a| !new.iter().any(|(n, _)| n == a))
                     .collect();
                 // Restore the owner index to what it was before this call.
-                let _ = self.write_owner(container_id, ifname, &previous);
+                let _ = if previous.is_empty() {
+                    remove_if_present(&self.owner_path(container_id, ifname)).map(drop)
+                } else {
+                    self.write_owner(container_id, ifname, &previous)
+                };
                 let _ = self.write_state();
                 return Err(e);
             }
@@ -518,6 +528,7 @@ mod tests {
             st.owner_ips("c2", "eth0").expect("owner"),
             Vec::<IpAddr>::new()
         );
+        assert!(!f.cfg.data_dir.join("net/owners/c2@eth0").exists());
         assert_eq!(st.reserved_in(&s).expect("count"), 1);
         drop(st);
         // State survives reopen.
