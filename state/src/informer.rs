@@ -8,12 +8,20 @@
 //! - while the store is unreachable the last snapshot stays; after reconnecting the
 //!   informer resumes from the last revision, or relists and diffs after compaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crate::object::{ClusterConfig, EndpointSlice, Namespace, Node, Pod, Service, SubnetLease};
-use crate::store::{Kind, ObjectKey, Store};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::object::{
+    self, ClusterConfig, DecodeError, EndpointSlice, Namespace, Node, Pod, Service, SubnetLease,
+    TypedObject,
+};
+use crate::store::{Kind, ObjectKey, Store, StoreError, StoredObject, WatchEvent};
 
 /// `namespace/name` of a namespaced object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,32 +86,509 @@ pub struct ChangeSet {
 }
 
 pub struct Informer {
-    _priv: (),
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    synced: watch::Receiver<bool>,
 }
 
 pub struct Subscription {
-    _priv: (),
+    shared: Arc<Shared>,
+    id: u64,
+    notify: Arc<Notify>,
+}
+
+/// State shared by the per-kind tasks and the subscriptions. One mutex: a
+/// change set is applied to the snapshot and recorded for every subscriber
+/// in one critical section, which is what makes change sets atomic.
+struct Shared {
+    state: Mutex<State>,
+    synced_tx: watch::Sender<bool>,
+}
+
+struct State {
+    snapshot: Arc<Snapshot>,
+    kinds: Vec<Kind>,
+    listed: HashSet<Kind>,
+    subscribers: HashMap<u64, Pending>,
+    next_id: u64,
+    closed: bool,
+}
+
+/// What a subscriber has not been handed yet.
+struct Pending {
+    notify: Arc<Notify>,
+    /// Before the first full sync nothing is recorded: the first change set
+    /// lists the whole snapshot anyway.
+    awaiting_sync: bool,
+    full_resync: bool,
+    changes: BTreeMap<ObjectKey, ChangeType>,
+}
+
+impl Pending {
+    fn ready(&self) -> bool {
+        !self.awaiting_sync && (self.full_resync || !self.changes.is_empty())
+    }
+
+    /// Fold `c` into what is pending for its key.
+    fn record(&mut self, c: &Change) {
+        use ChangeType::*;
+        let merged = match (self.changes.get(&c.key), c.change) {
+            (None, t) => Some(t),
+            (Some(Added), Deleted) => None,
+            (Some(Added), _) => Some(Added),
+            (Some(Deleted), Added | Modified) => Some(Modified),
+            (Some(_), t) => Some(t),
+        };
+        match merged {
+            Some(t) => {
+                self.changes.insert(c.key.clone(), t);
+            }
+            None => {
+                self.changes.remove(&c.key);
+            }
+        }
+    }
+}
+
+fn all_keys(s: &Snapshot) -> Vec<ObjectKey> {
+    fn ns(kind: Kind, n: &NamespacedName) -> ObjectKey {
+        ObjectKey::new(kind, Some(&n.namespace), &n.name)
+    }
+    let mut v = Vec::new();
+    v.extend(s.nodes.keys().map(|n| ObjectKey::new(Kind::Node, None, n)));
+    v.extend(s.services.keys().map(|n| ns(Kind::Service, n)));
+    v.extend(s.endpoint_slices.keys().map(|n| ns(Kind::EndpointSlice, n)));
+    v.extend(s.pods.keys().map(|n| ns(Kind::Pod, n)));
+    v.extend(
+        s.namespaces
+            .keys()
+            .map(|n| ObjectKey::new(Kind::Namespace, None, n)),
+    );
+    v.extend(
+        s.cluster_configs
+            .keys()
+            .map(|n| ObjectKey::new(Kind::ClusterConfig, None, n)),
+    );
+    v.extend(
+        s.leases
+            .keys()
+            .map(|n| ObjectKey::new(Kind::SubnetLease, None, n)),
+    );
+    v
+}
+
+impl Snapshot {
+    /// Store `obj` under `key`; true if the key was present before.
+    fn insert(&mut self, key: &ObjectKey, obj: TypedObject) -> bool {
+        let nn = || NamespacedName::new(key.namespace.as_deref().unwrap_or(""), &key.name);
+        let name = key.name.clone();
+        match obj {
+            TypedObject::Node(o) => self.nodes.insert(name, Arc::new(o)).is_some(),
+            TypedObject::Service(o) => self.services.insert(nn(), Arc::new(o)).is_some(),
+            TypedObject::EndpointSlice(o) => {
+                self.endpoint_slices.insert(nn(), Arc::new(o)).is_some()
+            }
+            TypedObject::Pod(o) => self.pods.insert(nn(), Arc::new(o)).is_some(),
+            TypedObject::Namespace(o) => self.namespaces.insert(name, Arc::new(o)).is_some(),
+            TypedObject::ClusterConfig(o) => {
+                self.cluster_configs.insert(name, Arc::new(o)).is_some()
+            }
+            TypedObject::SubnetLease(o) => self.leases.insert(name, Arc::new(o)).is_some(),
+        }
+    }
+
+    /// Remove `key`; true if it was present.
+    fn remove(&mut self, key: &ObjectKey) -> bool {
+        let nn = || NamespacedName::new(key.namespace.as_deref().unwrap_or(""), &key.name);
+        match key.kind {
+            Kind::Node => self.nodes.remove(&key.name).is_some(),
+            Kind::Service => self.services.remove(&nn()).is_some(),
+            Kind::EndpointSlice => self.endpoint_slices.remove(&nn()).is_some(),
+            Kind::Pod => self.pods.remove(&nn()).is_some(),
+            Kind::Namespace => self.namespaces.remove(&key.name).is_some(),
+            Kind::ClusterConfig => self.cluster_configs.remove(&key.name).is_some(),
+            Kind::SubnetLease => self.leases.remove(&key.name).is_some(),
+        }
+    }
+}
+
+/// One decoded update to apply to the snapshot.
+// Unboxed on purpose: each update is moved once, into the snapshot's `Arc`.
+#[allow(clippy::large_enum_variant)]
+enum Update {
+    Put(ObjectKey, TypedObject),
+    /// Deleted, or now ignored (an EndpointSlice that lost its Service label).
+    Remove(ObjectKey),
+}
+
+/// Decode a stored object for the snapshot; `None` when it is malformed
+/// (logged; the snapshot keeps what it had).
+fn decode(o: &StoredObject) -> Option<Update> {
+    match object::decode(o.key.kind, &o.value) {
+        Ok(t) => Some(Update::Put(o.key.clone(), t)),
+        Err(e @ DecodeError::Ignored { .. }) => {
+            tracing::info!(key = %o.key, revision = o.mod_revision, reason = %e, "leaving object out of the snapshot");
+            Some(Update::Remove(o.key.clone()))
+        }
+        Err(e) => {
+            tracing::warn!(key = %o.key, revision = o.mod_revision, error = %e, "skipping malformed object");
+            None
+        }
+    }
+}
+
+impl Shared {
+    /// Apply one change set of `kind` and hand it to every subscriber.
+    /// `relist`: the updates come from a list (the caller turned it into
+    /// puts of changed keys and removes of vanished ones).
+    fn publish(&self, kind: Kind, updates: Vec<Update>, revision: u64, relist: bool) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.closed {
+            return;
+        }
+        let first_list = relist && !st.listed.contains(&kind);
+        let mut changes = Vec::new();
+        {
+            let snap = Arc::make_mut(&mut st.snapshot);
+            for u in updates {
+                match u {
+                    Update::Put(k, obj) => {
+                        let existed = snap.insert(&k, obj);
+                        changes.push(Change {
+                            key: k,
+                            change: if existed {
+                                ChangeType::Modified
+                            } else {
+                                ChangeType::Added
+                            },
+                        });
+                    }
+                    Update::Remove(k) => {
+                        if snap.remove(&k) {
+                            changes.push(Change {
+                                key: k,
+                                change: ChangeType::Deleted,
+                            });
+                        }
+                    }
+                }
+            }
+            snap.revision = snap.revision.max(revision);
+            if first_list {
+                st.listed.insert(kind);
+            }
+        }
+        let newly_synced = !st.snapshot.synced && st.kinds.iter().all(|k| st.listed.contains(k));
+        if newly_synced {
+            Arc::make_mut(&mut st.snapshot).synced = true;
+        }
+        let everything = if newly_synced {
+            all_keys(&st.snapshot)
+        } else {
+            Vec::new()
+        };
+        for p in st.subscribers.values_mut() {
+            if newly_synced && p.awaiting_sync {
+                p.awaiting_sync = false;
+                p.full_resync = true;
+                p.changes = everything
+                    .iter()
+                    .map(|k| (k.clone(), ChangeType::Added))
+                    .collect();
+            } else if !p.awaiting_sync {
+                for c in &changes {
+                    p.record(c);
+                }
+                if relist && !first_list {
+                    p.full_resync = true;
+                }
+            } else {
+                continue;
+            }
+            if p.ready() {
+                p.notify.notify_one();
+            }
+        }
+        drop(st);
+        if newly_synced {
+            self.synced_tx.send_replace(true);
+        }
+    }
 }
 
 impl Informer {
-    pub fn start(_store: Arc<dyn Store>, _kinds: &[Kind]) -> Informer {
-        todo!("implemented by the state work")
+    /// Start listing and watching `kinds` on the current tokio runtime.
+    pub fn start(store: Arc<dyn Store>, kinds: &[Kind]) -> Informer {
+        let mut kinds: Vec<Kind> = kinds.to_vec();
+        kinds.sort();
+        kinds.dedup();
+        let (synced_tx, synced) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                snapshot: Arc::new(Snapshot {
+                    synced: kinds.is_empty(),
+                    ..Snapshot::default()
+                }),
+                kinds: kinds.clone(),
+                listed: HashSet::new(),
+                subscribers: HashMap::new(),
+                next_id: 0,
+                closed: false,
+            }),
+            synced_tx,
+        });
+        if kinds.is_empty() {
+            shared.synced_tx.send_replace(true);
+        }
+        let tasks = kinds
+            .iter()
+            .map(|&kind| tokio::spawn(run_kind(store.clone(), kind, shared.clone())))
+            .collect();
+        Informer {
+            shared,
+            tasks,
+            synced,
+        }
     }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        todo!()
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot
+            .clone()
     }
+
+    /// A new subscriber. Its first `next()` returns the whole snapshot (all
+    /// keys as `Added`, `full_resync`) once every kind has been listed.
     pub fn subscribe(&self) -> Subscription {
-        todo!()
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let id = st.next_id;
+        st.next_id += 1;
+        let notify = Arc::new(Notify::new());
+        let synced = st.snapshot.synced;
+        let changes = if synced {
+            all_keys(&st.snapshot)
+                .into_iter()
+                .map(|k| (k, ChangeType::Added))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        st.subscribers.insert(
+            id,
+            Pending {
+                notify: notify.clone(),
+                awaiting_sync: !synced,
+                full_resync: synced,
+                changes,
+            },
+        );
+        Subscription {
+            shared: self.shared.clone(),
+            id,
+            notify,
+        }
     }
+
     /// Resolves once every kind has been listed once.
     pub async fn wait_synced(&self) {
-        todo!()
+        let mut rx = self.synced.clone();
+        // The sender lives in `shared`, which `self` keeps alive.
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+impl Drop for Informer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.closed = true;
+        for p in st.subscribers.values() {
+            p.notify.notify_one();
+        }
     }
 }
 
 impl Subscription {
     /// Waits for the next coalesced change set; `None` once the informer is dropped.
     pub async fn next(&mut self) -> Option<ChangeSet> {
-        todo!()
+        loop {
+            {
+                let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                if st.closed {
+                    return None;
+                }
+                let snapshot = st.snapshot.clone();
+                let p = st.subscribers.get_mut(&self.id)?;
+                if p.ready() {
+                    let changes = std::mem::take(&mut p.changes)
+                        .into_iter()
+                        .map(|(key, change)| Change { key, change })
+                        .collect();
+                    let full_resync = std::mem::take(&mut p.full_resync);
+                    return Some(ChangeSet {
+                        snapshot,
+                        changes,
+                        full_resync,
+                    });
+                }
+            }
+            // notify_one keeps a permit, so a publish between the check
+            // above and this await is not lost.
+            self.notify.notified().await;
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.subscribers.remove(&self.id);
+    }
+}
+
+/// Exponential backoff for reconnecting: 100 ms doubling up to 5 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+    fn new() -> Self {
+        Backoff(Self::MIN)
+    }
+    fn reset(&mut self) {
+        self.0 = Self::MIN;
+    }
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Self::MAX);
+    }
+}
+
+/// Most events applied as one change set: bounds the time the snapshot lock is held.
+const MAX_BATCH: usize = 10_000;
+
+/// List + watch one kind forever, publishing change sets into `shared`.
+async fn run_kind(store: Arc<dyn Store>, kind: Kind, shared: Arc<Shared>) {
+    // Revision of every key of this kind in the snapshot, to tell on a relist
+    // what changed meanwhile.
+    let mut revs: HashMap<ObjectKey, u64> = HashMap::new();
+    let mut last = 0u64;
+    let mut need_list = true;
+    let mut backoff = Backoff::new();
+    loop {
+        if need_list {
+            match store.list(kind).await {
+                Ok((objs, rev)) => {
+                    let mut updates = Vec::new();
+                    let mut fresh = HashMap::with_capacity(objs.len());
+                    for o in &objs {
+                        fresh.insert(o.key.clone(), o.mod_revision);
+                        if revs.get(&o.key) == Some(&o.mod_revision) {
+                            continue;
+                        }
+                        match decode(o) {
+                            Some(u) => updates.push(u),
+                            // Malformed now: drop what the snapshot had too,
+                            // the list is the truth.
+                            None => updates.push(Update::Remove(o.key.clone())),
+                        }
+                    }
+                    for k in revs.keys() {
+                        if !fresh.contains_key(k) {
+                            updates.push(Update::Remove(k.clone()));
+                        }
+                    }
+                    revs = fresh;
+                    last = rev;
+                    need_list = false;
+                    tracing::debug!(kind = %kind, objects = objs.len(), revision = rev, "listed");
+                    shared.publish(kind, updates, rev, true);
+                    backoff.reset();
+                }
+                Err(e) => {
+                    tracing::warn!(kind = %kind, store = %store.url(), error = %e, "list failed; keeping the last snapshot and retrying");
+                    backoff.wait().await;
+                    continue;
+                }
+            }
+        }
+        let mut stream = match store.watch(kind, last).await {
+            Ok(s) => s,
+            Err(StoreError::Compacted { .. }) => {
+                tracing::info!(kind = %kind, revision = last, "watch history compacted; relisting");
+                need_list = true;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(kind = %kind, store = %store.url(), revision = last, error = %e, "watch failed; keeping the last snapshot and retrying");
+                backoff.wait().await;
+                continue;
+            }
+        };
+        loop {
+            let Some(first) = stream.next().await else {
+                tracing::debug!(kind = %kind, revision = last, "watch ended; resuming");
+                backoff.wait().await;
+                break;
+            };
+            // Everything already delivered goes into the same change set.
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match stream.next().now_or_never() {
+                    Some(Some(item)) => batch.push(item),
+                    _ => break,
+                }
+            }
+            let mut updates = Vec::new();
+            let mut error = None;
+            for item in batch {
+                match item {
+                    Ok(ev) => {
+                        let rev = ev.revision();
+                        if rev <= last {
+                            continue; // already applied (a backend resent it)
+                        }
+                        last = rev;
+                        match ev {
+                            WatchEvent::Put(o) => {
+                                revs.insert(o.key.clone(), o.mod_revision);
+                                if let Some(u) = decode(&o) {
+                                    updates.push(u);
+                                }
+                            }
+                            WatchEvent::Delete { key, .. } => {
+                                revs.remove(&key);
+                                updates.push(Update::Remove(key));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+            if !updates.is_empty() {
+                shared.publish(kind, updates, last, false);
+            }
+            match error {
+                None => backoff.reset(),
+                Some(StoreError::Compacted { .. }) => {
+                    tracing::info!(kind = %kind, revision = last, "watch history compacted; relisting");
+                    need_list = true;
+                    break;
+                }
+                Some(e) => {
+                    tracing::warn!(kind = %kind, store = %store.url(), revision = last, error = %e, "watch broke; keeping the last snapshot and resuming");
+                    backoff.wait().await;
+                    break;
+                }
+            }
+        }
     }
 }

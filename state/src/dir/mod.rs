@@ -1,0 +1,698 @@
+//! The embedded store: one directory tree, shared by every process on the
+//! machine that opens it.
+//!
+//! ```text
+//! <root>/<kind plural>/<namespace>/<name>.yaml   namespaced kinds (services, endpointslices, pods)
+//! <root>/<kind plural>/<name>.yaml               cluster-scoped kinds (.json is read too)
+//! <root>/.lock                                   flock held for every operation
+//! <root>/.journal                                revisions: see `journal`
+//! <root>/.leases/<id>.json                       emulated leases (expiry + bound keys)
+//! ```
+//!
+//! Every operation runs under the flock after catching up with the journal,
+//! so revisions are allocated in order across processes. Files changed by
+//! hand are noticed by comparing their stat (and then content hash) with the
+//! journal — on list, get, and by watchers through inotify — and get a fresh
+//! revision. Object files are written to a temp file and renamed into place.
+
+mod journal;
+mod lease;
+mod watch;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::object::check_object_name;
+use crate::store::{
+    Kind, Lease, ObjectKey, Store, StoreError, StoreResult, StoredObject, WatchStream,
+};
+use journal::{FileStat, Record};
+
+pub use lease::DirLease;
+
+/// Tunables; the defaults suit a machine-local cluster.
+#[derive(Debug, Clone)]
+pub struct DirOptions {
+    /// Revisions of history kept when compacting the journal: a watcher that
+    /// fell further behind than this relists.
+    pub journal_retain: u64,
+    /// Compact when the journal holds this many records more than live keys.
+    pub compact_slack: usize,
+    /// How often expired leases are looked for (by a thread per open store).
+    pub lease_check_interval: Duration,
+}
+
+impl Default for DirOptions {
+    fn default() -> Self {
+        DirOptions {
+            journal_retain: 10_000,
+            compact_slack: 20_000,
+            lease_check_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct DirStore {
+    core: Arc<Core>,
+}
+
+struct Entry {
+    rev: u64,
+    hash: u64,
+    stat: FileStat,
+}
+
+/// What this process knows of the journal.
+#[derive(Default)]
+struct State {
+    reader: journal::Reader,
+    current: u64,
+    horizon: u64,
+    records: usize,
+    live: HashMap<ObjectKey, Entry>,
+}
+
+struct Core {
+    root: PathBuf,
+    opts: DirOptions,
+    state: Mutex<State>,
+    lock_file: File,
+    /// Malformed files already reported, so one bad file is one warning.
+    reported: Mutex<HashMap<PathBuf, FileStat>>,
+}
+
+/// Held while an operation runs: the in-process mutex and the flock.
+struct Locked<'a> {
+    core: &'a Core,
+    st: MutexGuard<'a, State>,
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        // SAFETY: flock on an fd we own; unlocking cannot break memory safety.
+        unsafe { libc::flock(self.core.lock_file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+fn io_err(doing: &str, path: &Path, source: io::Error) -> StoreError {
+    StoreError::Io {
+        doing: doing.to_string(),
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl DirStore {
+    /// Open (creating if needed) the store rooted at `root`.
+    pub fn open(root: impl AsRef<Path>) -> StoreResult<DirStore> {
+        Self::open_with(root, DirOptions::default())
+    }
+
+    pub fn open_with(root: impl AsRef<Path>, opts: DirOptions) -> StoreResult<DirStore> {
+        let root = root.as_ref().to_path_buf();
+        for kind in Kind::ALL {
+            let d = root.join(kind.plural());
+            fs::create_dir_all(&d).map_err(|e| io_err("creating store directory", &d, e))?;
+        }
+        let leases = root.join(".leases");
+        fs::create_dir_all(&leases).map_err(|e| io_err("creating store directory", &leases, e))?;
+        let lock_path = root.join(".lock");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err("opening lock file", &lock_path, e))?;
+        let jpath = root.join(".journal");
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&jpath)
+            .map_err(|e| io_err("creating journal", &jpath, e))?;
+        let core = Arc::new(Core {
+            root,
+            opts,
+            state: Mutex::new(State::default()),
+            lock_file,
+            reported: Mutex::new(HashMap::new()),
+        });
+        core.lock()?;
+        lease::spawn_reaper(Arc::downgrade(&core));
+        Ok(DirStore { core })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.core.root
+    }
+
+    /// The current revision (after catching up with the journal).
+    pub fn revision(&self) -> StoreResult<u64> {
+        Ok(self.core.lock()?.st.current)
+    }
+
+    /// Look at every file of `kind` now and journal what changed by hand.
+    pub fn rescan(&self, kind: Kind) -> StoreResult<()> {
+        let mut l = self.core.lock()?;
+        l.reconcile_kind(kind, false).map(|_| ())
+    }
+}
+
+impl Core {
+    fn journal_path(&self) -> PathBuf {
+        self.root.join(".journal")
+    }
+
+    /// Take the mutex and the flock, then catch up with the journal.
+    fn lock(&self) -> StoreResult<Locked<'_>> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: flock on an fd we own.
+        loop {
+            let r = unsafe { libc::flock(self.lock_file.as_raw_fd(), libc::LOCK_EX) };
+            if r == 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(io_err("locking", &self.root.join(".lock"), e));
+            }
+        }
+        let mut l = Locked { core: self, st };
+        l.catch_up()?;
+        Ok(l)
+    }
+
+    fn kind_dir(&self, kind: Kind) -> PathBuf {
+        self.root.join(kind.plural())
+    }
+
+    fn dir_of(&self, key: &ObjectKey) -> PathBuf {
+        match &key.namespace {
+            Some(ns) => self.kind_dir(key.kind).join(ns),
+            None => self.kind_dir(key.kind),
+        }
+    }
+
+    /// The file holding `key`, if any (`.yaml` wins over `.yml` and `.json`).
+    fn find_file(&self, key: &ObjectKey) -> Option<(PathBuf, fs::Metadata)> {
+        let dir = self.dir_of(key);
+        for ext in ["yaml", "yml", "json"] {
+            let p = dir.join(format!("{}.{ext}", key.name));
+            if let Ok(m) = fs::metadata(&p) {
+                if m.is_file() {
+                    return Some((p, m));
+                }
+            }
+        }
+        None
+    }
+
+    /// Warn about a malformed file once per version of it.
+    fn report_malformed(&self, path: &Path, stat: FileStat, err: &str) {
+        let mut r = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        if r.get(path) != Some(&stat) {
+            tracing::warn!(path = %path.display(), error = err, "skipping malformed object file");
+            r.insert(path.to_path_buf(), stat);
+        }
+    }
+}
+
+/// `name` of `name.yaml|yml|json`, skipping hidden, temp and editor files.
+fn object_file_name(file: &str) -> Option<&str> {
+    if file.starts_with('.') {
+        return None;
+    }
+    let name = file
+        .strip_suffix(".yaml")
+        .or_else(|| file.strip_suffix(".yml"))
+        .or_else(|| file.strip_suffix(".json"))?;
+    check_object_name(name).ok()?;
+    Some(name)
+}
+
+/// Parse an object file (YAML or JSON) into the stored value, with the
+/// name and namespace taken from its path (a copied file is a new object).
+fn decode_file(key: &ObjectKey, data: &[u8]) -> Result<Value, String> {
+    let first = data.iter().find(|b| !b.is_ascii_whitespace());
+    let mut v: Value = if first == Some(&b'{') {
+        serde_json::from_slice(data).map_err(|e| e.to_string())?
+    } else {
+        serde_yaml::from_slice(data).map_err(|e| e.to_string())?
+    };
+    let map = v
+        .as_object_mut()
+        .ok_or_else(|| "the file does not hold an object (a mapping)".to_string())?;
+    let meta = map
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let meta = meta
+        .as_object_mut()
+        .ok_or_else(|| "metadata is not a mapping".to_string())?;
+    meta.insert("name".into(), Value::String(key.name.clone()));
+    if let Some(ns) = &key.namespace {
+        meta.insert("namespace".into(), Value::String(ns.clone()));
+    }
+    Ok(v)
+}
+
+fn check_key(key: &ObjectKey) -> StoreResult<()> {
+    let bad = |reason: String| StoreError::Malformed {
+        key: key.to_string(),
+        reason,
+    };
+    check_object_name(&key.name).map_err(bad)?;
+    if let Some(ns) = &key.namespace {
+        check_object_name(ns).map_err(|e| bad(format!("namespace: {e}")))?;
+    }
+    if key.kind.namespaced() != key.namespace.is_some() {
+        return Err(bad(
+            "namespace given for a cluster-scoped kind or missing".into()
+        ));
+    }
+    Ok(())
+}
+
+impl Locked<'_> {
+    fn catch_up(&mut self) -> StoreResult<()> {
+        let path = self.core.journal_path();
+        let out = self
+            .st
+            .reader
+            .read_new(&path)
+            .map_err(|e| io_err("reading journal", &path, e))?;
+        let st = &mut *self.st;
+        if out.reset {
+            st.current = 0;
+            st.horizon = 0;
+            st.records = 0;
+            st.live.clear();
+        }
+        for l in &out.bad_lines {
+            tracing::warn!(journal = %path.display(), line = %l, "skipping unreadable journal line");
+        }
+        st.records += out.records.len();
+        for r in out.records {
+            apply(st, r);
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, rec: Record) -> StoreResult<()> {
+        let path = self.core.journal_path();
+        let mut line = rec.to_line();
+        if self.st.reader.has_partial_line() {
+            // A writer died mid-line; start ours on a fresh line.
+            line.insert(0, '\n');
+            self.st.reader.drop_partial_line();
+        }
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_err("opening journal", &path, e))?;
+        f.write_all(line.as_bytes())
+            .map_err(|e| io_err("appending to journal", &path, e))?;
+        // Our own line is read back (idempotently) by the next catch_up.
+        apply(&mut self.st, rec);
+        self.st.records += 1;
+        Ok(())
+    }
+
+    fn next_rev(&self) -> u64 {
+        self.st.current + 1
+    }
+
+    /// Write `value` as the file of `key` and journal it.
+    fn write_object(&mut self, key: &ObjectKey, value: &Value) -> StoreResult<u64> {
+        let dir = self.core.dir_of(key);
+        fs::create_dir_all(&dir).map_err(|e| io_err("creating directory", &dir, e))?;
+        let data = serde_yaml::to_string(value).map_err(|e| StoreError::Malformed {
+            key: key.to_string(),
+            reason: format!("cannot be written as YAML: {e}"),
+        })?;
+        let path = dir.join(format!("{}.yaml", key.name));
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}-{}",
+            key.name,
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::write(&tmp, data.as_bytes()).map_err(|e| io_err("writing", &tmp, e))?;
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err("renaming temp file to", &path, e));
+        }
+        for ext in ["yml", "json"] {
+            let _ = fs::remove_file(dir.join(format!("{}.{ext}", key.name)));
+        }
+        let meta = fs::metadata(&path).map_err(|e| io_err("stat", &path, e))?;
+        let rev = self.next_rev();
+        self.append(Record::Put {
+            rev,
+            key: key.clone(),
+            hash: journal::fnv1a(data.as_bytes()),
+            stat: FileStat::of(&meta),
+        })?;
+        self.maybe_compact()?;
+        Ok(rev)
+    }
+
+    fn remove_object(&mut self, key: &ObjectKey) -> StoreResult<Option<u64>> {
+        let dir = self.core.dir_of(key);
+        let mut existed = self.st.live.contains_key(key);
+        for ext in ["yaml", "yml", "json"] {
+            let p = dir.join(format!("{}.{ext}", key.name));
+            match fs::remove_file(&p) {
+                Ok(()) => existed = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("removing", &p, e)),
+            }
+        }
+        if !existed {
+            return Ok(None);
+        }
+        let rev = self.next_rev();
+        self.append(Record::Delete {
+            rev,
+            key: key.clone(),
+        })?;
+        self.maybe_compact()?;
+        Ok(Some(rev))
+    }
+
+    /// Bring the journal in line with the file of `key` (hand edits) and
+    /// return its current content.
+    fn reconcile_key(&mut self, key: &ObjectKey) -> StoreResult<Option<StoredObject>> {
+        match self.core.find_file(key) {
+            None => {
+                if self.st.live.contains_key(key) {
+                    let rev = self.next_rev();
+                    self.append(Record::Delete {
+                        rev,
+                        key: key.clone(),
+                    })?;
+                }
+                Ok(None)
+            }
+            Some((path, meta)) => Ok(self.reconcile_file(key, &path, &meta)?),
+        }
+    }
+
+    /// Read the file of `key`, journal it if it differs from what the journal
+    /// says, and return it; `None` when it is malformed (reported) or gone.
+    fn reconcile_file(
+        &mut self,
+        key: &ObjectKey,
+        path: &Path,
+        meta: &fs::Metadata,
+    ) -> StoreResult<Option<StoredObject>> {
+        let data = match fs::read(path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("reading", path, e)),
+        };
+        let stat = FileStat::of(meta);
+        let value = match decode_file(key, &data) {
+            Ok(v) => v,
+            Err(e) => {
+                self.core.report_malformed(path, stat, &e);
+                return Ok(None);
+            }
+        };
+        let rev = match self.st.live.get_mut(key) {
+            Some(e) if e.stat == stat => e.rev,
+            Some(e) if e.hash == journal::fnv1a(&data) => {
+                // Same content, new stat (touch, or rewritten identically).
+                e.stat = stat;
+                e.rev
+            }
+            _ => {
+                let rev = self.next_rev();
+                tracing::debug!(key = %key, rev, path = %path.display(), "journaling changed file");
+                self.append(Record::Put {
+                    rev,
+                    key: key.clone(),
+                    hash: journal::fnv1a(&data),
+                    stat,
+                })?;
+                rev
+            }
+        };
+        Ok(Some(StoredObject {
+            key: key.clone(),
+            mod_revision: rev,
+            value,
+        }))
+    }
+
+    /// Compare every file of `kind` with the journal, journaling hand edits;
+    /// with `collect`, return the objects.
+    fn reconcile_kind(&mut self, kind: Kind, collect: bool) -> StoreResult<Vec<StoredObject>> {
+        let mut files: Vec<(ObjectKey, PathBuf, fs::Metadata)> = Vec::new();
+        let kdir = self.core.kind_dir(kind);
+        let dirs: Vec<(Option<String>, PathBuf)> = if kind.namespaced() {
+            let mut v = Vec::new();
+            for e in read_dir(&kdir)? {
+                if e.1.is_dir() {
+                    if let Some(ns) = e.0.file_name().and_then(|n| n.to_str()) {
+                        if check_object_name(ns).is_ok() {
+                            v.push((Some(ns.to_string()), e.0.clone()));
+                        }
+                    }
+                }
+            }
+            v
+        } else {
+            vec![(None, kdir)]
+        };
+        let mut seen = HashSet::new();
+        for (ns, dir) in dirs {
+            for (path, meta) in read_dir(&dir)? {
+                if !meta.is_file() {
+                    continue;
+                }
+                let Some(name) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(object_file_name)
+                else {
+                    continue;
+                };
+                let key = ObjectKey::new(kind, ns.as_deref(), name);
+                if !seen.insert(key.clone()) {
+                    // Both name.yaml and name.json: `find_file` order decides.
+                    continue;
+                }
+                files.push((key, path, meta));
+            }
+        }
+        let mut out = Vec::new();
+        for (key, path, meta) in files {
+            let (path, meta) = match self.core.find_file(&key) {
+                Some(pm) => pm,
+                None => (path, meta),
+            };
+            let stat = FileStat::of(&meta);
+            let unchanged = self.st.live.get(&key).is_some_and(|e| e.stat == stat);
+            if unchanged && !collect {
+                continue;
+            }
+            if let Some(o) = self.reconcile_file(&key, &path, &meta)? {
+                if collect {
+                    out.push(o);
+                }
+            }
+        }
+        let gone: Vec<ObjectKey> = self
+            .st
+            .live
+            .keys()
+            .filter(|k| k.kind == kind && !seen.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            let rev = self.next_rev();
+            self.append(Record::Delete { rev, key })?;
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Rewrite the journal without history older than `journal_retain`
+    /// revisions (keeping the last write of every live key).
+    fn maybe_compact(&mut self) -> StoreResult<()> {
+        let st = &self.st;
+        if st.records <= st.live.len() + self.core.opts.compact_slack {
+            return Ok(());
+        }
+        let horizon = st.current.saturating_sub(self.core.opts.journal_retain);
+        let path = self.core.journal_path();
+        let mut fresh = journal::Reader::default();
+        let all = fresh
+            .read_new(&path)
+            .map_err(|e| io_err("reading journal", &path, e))?
+            .records;
+        let mut text = Record::Header {
+            horizon,
+            current: st.current,
+        }
+        .to_line();
+        let mut kept = 0;
+        for r in all {
+            let keep = match &r {
+                Record::Header { .. } => false,
+                Record::Delete { rev, .. } => *rev > horizon,
+                Record::Put { rev, key, .. } => {
+                    *rev > horizon || st.live.get(key).is_some_and(|e| e.rev == *rev)
+                }
+            };
+            if keep {
+                text.push_str(&r.to_line());
+                kept += 1;
+            }
+        }
+        let tmp = self.core.root.join(".journal.tmp");
+        fs::write(&tmp, text).map_err(|e| io_err("writing", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| io_err("replacing journal", &path, e))?;
+        tracing::debug!(horizon, kept, "compacted journal");
+        self.catch_up()
+    }
+}
+
+fn apply(st: &mut State, r: Record) {
+    match r {
+        Record::Header { horizon, current } => {
+            st.horizon = st.horizon.max(horizon);
+            st.current = st.current.max(current);
+        }
+        Record::Put {
+            rev,
+            key,
+            hash,
+            stat,
+        } => {
+            st.current = st.current.max(rev);
+            st.live.insert(key, Entry { rev, hash, stat });
+        }
+        Record::Delete { rev, key } => {
+            st.current = st.current.max(rev);
+            st.live.remove(&key);
+        }
+    }
+}
+
+fn read_dir(dir: &Path) -> StoreResult<Vec<(PathBuf, fs::Metadata)>> {
+    let mut v = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(v),
+        Err(e) => return Err(io_err("listing", dir, e)),
+    };
+    for e in rd {
+        let e = e.map_err(|e| io_err("listing", dir, e))?;
+        // metadata follows symlinks, so a symlinked object file works.
+        if let Ok(m) = fs::metadata(e.path()) {
+            v.push((e.path(), m));
+        }
+    }
+    Ok(v)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> StoreResult<T> + Send + 'static,
+) -> StoreResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Other(format!("dir store task failed: {e}")))?
+}
+
+#[async_trait::async_trait]
+impl Store for DirStore {
+    fn url(&self) -> String {
+        format!("dir://{}", self.core.root.display())
+    }
+
+    async fn list(&self, kind: Kind) -> StoreResult<(Vec<StoredObject>, u64)> {
+        let core = self.core.clone();
+        blocking(move || {
+            let mut l = core.lock()?;
+            let objs = l.reconcile_kind(kind, true)?;
+            Ok((objs, l.st.current))
+        })
+        .await
+    }
+
+    async fn watch(&self, kind: Kind, after_revision: u64) -> StoreResult<WatchStream> {
+        let core = self.core.clone();
+        blocking(move || watch::start(core, kind, after_revision)).await
+    }
+
+    async fn get(&self, key: &ObjectKey) -> StoreResult<Option<StoredObject>> {
+        check_key(key)?;
+        let core = self.core.clone();
+        let key = key.clone();
+        blocking(move || core.lock()?.reconcile_key(&key)).await
+    }
+
+    async fn put(&self, key: &ObjectKey, value: &Value) -> StoreResult<u64> {
+        check_key(key)?;
+        let core = self.core.clone();
+        let (key, value) = (key.clone(), value.clone());
+        blocking(move || core.lock()?.write_object(&key, &value)).await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> StoreResult<Option<u64>> {
+        check_key(key)?;
+        let core = self.core.clone();
+        let key = key.clone();
+        blocking(move || core.lock()?.remove_object(&key)).await
+    }
+
+    async fn create_if_absent(
+        &self,
+        key: &ObjectKey,
+        value: &Value,
+        lease: Option<&dyn Lease>,
+    ) -> StoreResult<Option<u64>> {
+        check_key(key)?;
+        let core = self.core.clone();
+        let (key, value) = (key.clone(), value.clone());
+        let lease_id = lease.map(|l| l.id());
+        blocking(move || {
+            let mut l = core.lock()?;
+            if l.reconcile_key(&key)?.is_some() || l.st.live.contains_key(&key) {
+                return Ok(None);
+            }
+            if let Some(id) = lease_id {
+                // Check the lease before writing so a dead lease binds nothing.
+                l.lease_check_alive(id)?;
+            }
+            let rev = l.write_object(&key, &value)?;
+            if let Some(id) = lease_id {
+                l.lease_bind(id, &key, rev)?;
+            }
+            Ok(Some(rev))
+        })
+        .await
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> StoreResult<Box<dyn Lease>> {
+        let core = self.core.clone();
+        let id = blocking({
+            let core = core.clone();
+            move || core.lock()?.lease_grant(ttl)
+        })
+        .await?;
+        Ok(Box::new(DirLease::new(core, id)))
+    }
+}
