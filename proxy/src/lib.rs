@@ -8,9 +8,17 @@
 //! `podnet-nft`). `render` prints a plan in `nft` syntax (golden tests, debugging).
 //! Around it: `sync` (the coalescing sync loop), `conntrack` (flushes UDP flows
 //! to removed endpoints), `http` (`/metrics`, `/healthz`, healthCheckNodePort
-//! responders), `metrics`, and `cli` (flags and config file).
+//! responders), `metrics`, `cli` (flags and config file) and `daemon` (the
+//! long-running loop the thin binary calls).
 
+pub mod apply;
+pub mod cli;
+pub mod conntrack;
+pub mod daemon;
 pub mod diff;
+pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod render;
+pub mod sync;
