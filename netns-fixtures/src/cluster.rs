@@ -153,6 +153,9 @@ pub struct Cluster {
     shared: tempfile::TempDir,
     /// Attachments made so far (also counts removed nodes, so addresses are never reused).
     attached: usize,
+    /// `expose_root_port`: (root-namespace port, unix socket, relay processes).
+    exposed: Vec<(u16, PathBuf)>,
+    relays: Vec<Agent>,
 }
 
 impl Cluster {
@@ -182,6 +185,8 @@ impl Cluster {
             opts,
             shared,
             attached: 0,
+            exposed: Vec::new(),
+            relays: Vec::new(),
         };
         for _ in 0..n {
             c.add_node()?;
@@ -259,6 +264,9 @@ impl Cluster {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }
+        for (port, sock) in self.exposed.clone() {
+            self.relays.push(node_relay(&ns, port, &sock)?);
+        }
         self.nodes.push(ClusterNode {
             name,
             ns,
@@ -271,6 +279,32 @@ impl Cluster {
         Ok(self.nodes.len() - 1)
     }
 
+    /// Makes `127.0.0.1:<port>` of the root namespace (e.g. an `EtcdServer`)
+    /// reachable as `127.0.0.1:<port>` inside every node, present and future.
+    /// The hop between namespaces is a unix socket in the shared directory
+    /// (socat relays on both ends), so nothing listens on a network address
+    /// outside the cluster's namespaces.
+    pub fn expose_root_port(&mut self, port: u16) -> Result<()> {
+        let sock = self.shared.path().join(format!("relay-{port}.sock"));
+        let child = Command::new("socat")
+            .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
+            .arg(format!("TCP:127.0.0.1:{port}"))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("starting socat (install the Debian package socat)")?;
+        self.relays.push(Agent(child));
+        if !wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+            sock.exists()
+        }) {
+            bail!("socat did not create {}", sock.display());
+        }
+        for n in &self.nodes {
+            self.relays.push(node_relay(&n.ns, port, &sock)?);
+        }
+        self.exposed.push((port, sock));
+        Ok(())
+    }
+
     /// Unplugs node `i` (kills its agent, deletes its namespace) and returns its name.
     pub fn remove_node(&mut self, i: usize) -> String {
         let mut node = self.nodes.remove(i);
@@ -279,11 +313,33 @@ impl Cluster {
     }
 }
 
+fn node_relay(ns: &Netns, port: u16, sock: &Path) -> Result<Agent> {
+    let child = ns
+        .command("socat")
+        .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+        .arg(format!("UNIX-CONNECT:{}", sock.display()))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting a socat relay in {}", ns.name()))?;
+    let ready = wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+        ns.sh(&format!("ss -Hltn 'sport = :{port}' | grep -q ."))
+            .is_ok()
+    });
+    if !ready {
+        bail!(
+            "relay for port {port} in {} did not start listening",
+            ns.name()
+        );
+    }
+    Ok(Agent(child))
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
             n.kill_agent();
         }
         self.nodes.clear();
+        self.relays.clear();
     }
 }

@@ -118,11 +118,10 @@ impl Kernel {
             .get()
             .match_name(name.to_string())
             .execute()
-            .try_next()
+            .try_collect::<Vec<_>>()
             .await;
         match res {
-            Ok(Some(m)) => Ok(Some(summarize(&m))),
-            Ok(None) => Ok(None),
+            Ok(m) => Ok(m.first().map(summarize)),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(nl(format!("looking up link {name}"))(e)),
         }
@@ -136,10 +135,10 @@ impl Kernel {
             .get()
             .match_index(index)
             .execute()
-            .try_next()
+            .try_collect::<Vec<_>>()
             .await;
         match res {
-            Ok(m) => Ok(m.as_ref().map(summarize)),
+            Ok(m) => Ok(m.first().map(summarize)),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(nl(format!("looking up link #{index}"))(e)),
         }
@@ -147,16 +146,24 @@ impl Kernel {
 
     /// The index of the link that holds address `ip`.
     pub async fn link_with_address(&self, ip: IpAddr) -> Result<Option<u32>> {
-        let mut addrs = self.handle.address().get().execute();
-        while let Some(a) = addrs.try_next().await.map_err(nl("listing addresses"))? {
-            let has = a.attributes.iter().any(|at| {
-                matches!(at, AddressAttribute::Address(x) | AddressAttribute::Local(x) if *x == ip)
-            });
-            if has {
-                return Ok(Some(a.header.index));
-            }
-        }
-        Ok(None)
+        // Read the whole dump: dropping the stream early leaves replies the
+        // connection can no longer deliver.
+        let addrs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing addresses"))?;
+        Ok(addrs
+            .iter()
+            .find(|a| {
+                a.attributes.iter().any(|at| {
+                    matches!(at, AddressAttribute::Address(x) | AddressAttribute::Local(x) if *x == ip)
+                })
+            })
+            .map(|a| a.header.index))
     }
 
     /// Podnet's entries as the kernel has them now. `vxlan` is the index of
