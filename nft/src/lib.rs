@@ -35,7 +35,7 @@ pub use objects::{
     bridge_priority, priority, Chain, ChainType, ElemData, Hook, HookPoint, Policy, Rule, Set,
     SetElem, SetFlags, Table,
 };
-pub use socket::Nft;
+pub use socket::{ApplyStats, Nft};
 pub use types::{encode_concat, DataType, Family, Reg, TypeConcat, Val, Verdict};
 
 /// Encodes an nft comment as element userdata (what `SetElem::comment` stores).

@@ -5,7 +5,7 @@
 //! thread that has entered the target namespace.
 
 use std::os::fd::AsFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
     NetlinkBuffer, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP,
@@ -25,6 +25,19 @@ use crate::sys;
 const RECV_TIMEOUT: Duration = Duration::from_secs(30);
 /// Receive buffer accounting charges roughly this much per queued ACK skb.
 const ACK_TRUESIZE: usize = 1024;
+
+/// What one `apply_timed` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// nf_tables messages in the transaction (without BEGIN/END).
+    pub messages: usize,
+    /// Size of the single datagram sent.
+    pub bytes: usize,
+    /// Time to serialize the batch into the datagram.
+    pub encode: Duration,
+    /// From `sendmsg` to the last ACK: the kernel's validation and commit.
+    pub kernel: Duration,
+}
 
 /// An nf_tables netlink socket bound to the current network namespace.
 pub struct Nft {
@@ -179,13 +192,21 @@ impl Nft {
     /// Sends the transaction and waits for the kernel's verdict. On error
     /// nothing was applied; the error names the first failing message.
     pub fn apply(&mut self, batch: &Batch) -> Result<()> {
+        self.apply_timed(batch).map(|_| ())
+    }
+
+    /// `apply`, also reporting sizes and where the time went.
+    pub fn apply_timed(&mut self, batch: &Batch) -> Result<ApplyStats> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(ApplyStats::default());
         }
         let n = batch.len();
         let first = self.next_seqs(n as u32 + 2);
+        let t0 = Instant::now();
         let enc = batch.encode(first, self.port);
+        let encode = t0.elapsed();
         self.ensure_buffers(enc.buf.len(), (n + 16) * ACK_TRUESIZE)?;
+        let t1 = Instant::now();
         let sent = self
             .sock
             .send_to(&enc.buf, &SocketAddr::new(0, 0), 0)
@@ -232,7 +253,12 @@ impl Nft {
             }
         }
         match first_err {
-            None => Ok(()),
+            None => Ok(ApplyStats {
+                messages: n,
+                bytes: enc.buf.len(),
+                encode,
+                kernel: t1.elapsed(),
+            }),
             Some((idx, e)) => Err(Error::Kernel {
                 index: idx,
                 what: batch.describe(idx).unwrap_or("?").to_string(),
