@@ -13,7 +13,7 @@ use podnet_state::{ChangeSet, Kind, NamespacedName, Snapshot};
 
 use crate::index::{
     dashed_ip, EndpointRecords, Index, NamespaceEntry, ServiceEntry, ServiceKind, SrvRecords,
-    ZoneConfig,
+    SrvTable, ZoneConfig,
 };
 use crate::wire::{
     self, RrList, PTR_TO_QNAME, TYPE_CNAME, TYPE_NS, TYPE_PTR, TYPE_SOA, TYPE_SRV, TYPE_TXT,
@@ -29,6 +29,9 @@ pub struct BuiltService {
     pub entry: ServiceEntry,
     pub ptrs: Vec<(IpAddr, Vec<u8>)>,
 }
+
+/// (port number, endpoint label) of one headless SRV record.
+type SrvTarget = (u16, Vec<u8>);
 
 fn label(s: &str) -> Option<Vec<u8>> {
     (!s.is_empty() && s.len() <= 63).then(|| s.to_ascii_lowercase().into_bytes())
@@ -87,7 +90,7 @@ pub fn service_entry(
     let mut svc_aaaa = RrList::new();
     let mut seen_ips: HashSet<IpAddr> = HashSet::new();
     // (proto, port name) -> (port number, endpoint label) pairs, for headless SRV.
-    let mut srv_targets: BTreeMap<(Vec<u8>, Vec<u8>), Vec<(u16, Vec<u8>)>> = BTreeMap::new();
+    let mut srv_targets: BTreeMap<(Vec<u8>, Vec<u8>), Vec<SrvTarget>> = BTreeMap::new();
     for slice in slices {
         let mut slice_labels: Vec<Vec<u8>> = Vec::new();
         for ep in &slice.endpoints {
@@ -148,7 +151,7 @@ pub fn service_entry(
         }
     }
 
-    let mut srv: HashMap<Box<[u8]>, HashMap<Box<[u8]>, SrvRecords>> = HashMap::new();
+    let mut srv: SrvTable = HashMap::new();
     let mut add_srv = |proto: &[u8], port_name: &[u8], recs: SrvRecords| {
         let mut p = b"_".to_vec();
         p.extend_from_slice(proto);

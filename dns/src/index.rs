@@ -93,13 +93,16 @@ pub struct SrvRecords {
     pub additional: RrList,
 }
 
+/// `_proto` label -> `_port` label -> SRV records.
+pub type SrvTable = HashMap<Box<[u8]>, HashMap<Box<[u8]>, SrvRecords>>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceEntry {
     pub kind: ServiceKind,
     /// Endpoint names (hostname or dashed IP), lowercase label -> records.
     pub endpoints: HashMap<Box<[u8]>, EndpointRecords>,
     /// `_proto` label (lowercase) -> `_port` label -> records.
-    pub srv: HashMap<Box<[u8]>, HashMap<Box<[u8]>, SrvRecords>>,
+    pub srv: SrvTable,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -342,9 +345,8 @@ impl Index {
             return Lookup::NoData;
         };
         let [dashed] = rest else {
-            return if rest.is_empty() && self.namespaces.contains_key(ns) {
-                Lookup::NoData
-            } else if rest.is_empty() && self.config.pods == PodMode::Insecure {
+            let exists = self.namespaces.contains_key(ns) || self.config.pods == PodMode::Insecure;
+            return if rest.is_empty() && exists {
                 Lookup::NoData
             } else {
                 Lookup::NxDomain

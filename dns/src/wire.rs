@@ -715,6 +715,8 @@ pub struct ResponseInfo {
     pub soa_negative_ttl: Option<u32>,
     /// End of the question section.
     pub question_end: usize,
+    /// Byte range of the OPT record, if any.
+    pub opt: Option<(usize, usize)>,
 }
 
 /// Walks an upstream response, checking it is well formed.
@@ -746,9 +748,11 @@ pub fn inspect_response(buf: &[u8]) -> Result<ResponseInfo, WireError> {
         min_ttl: None,
         soa_negative_ttl: None,
         question_end,
+        opt: None,
     };
     let total = an as usize + ns as usize + ar as usize;
     for i in 0..total {
+        let rr_start = r.pos;
         r.skip_name()?;
         let rtype = r.u16()?;
         r.skip(2)?;
@@ -758,6 +762,7 @@ pub fn inspect_response(buf: &[u8]) -> Result<ResponseInfo, WireError> {
         let rdata_at = r.pos;
         r.skip(rdlen)?;
         if rtype == TYPE_OPT {
+            info.opt = Some((rr_start, r.pos));
             continue;
         }
         info.ttl_offsets.push(ttl_at);
@@ -772,7 +777,58 @@ pub fn inspect_response(buf: &[u8]) -> Result<ResponseInfo, WireError> {
             info.soa_negative_ttl = Some(minimum.min(ttl));
         }
     }
+    if r.pos != buf.len() {
+        return Err(WireError);
+    }
     Ok(info)
+}
+
+/// Removes the OPT record when it is the last record (where every server
+/// puts it), so the copy can be served to clients with or without EDNS.
+/// `None` when it sits elsewhere (cutting it out could break compression).
+pub fn strip_trailing_opt(mut packet: Vec<u8>, info: &ResponseInfo) -> Option<Vec<u8>> {
+    match info.opt {
+        None => Some(packet),
+        Some((start, end)) if end == packet.len() => {
+            packet.truncate(start);
+            let ar = u16::from_be_bytes([packet[10], packet[11]]).saturating_sub(1);
+            packet[10..12].copy_from_slice(&ar.to_be_bytes());
+            Some(packet)
+        }
+        Some(_) => None,
+    }
+}
+
+/// Appends this server's OPT record to a response and counts it.
+pub fn append_opt(packet: &mut Vec<u8>) {
+    put_opt(packet, 0);
+    let ar = u16::from_be_bytes([packet[10], packet[11]]).saturating_add(1);
+    packet[10..12].copy_from_slice(&ar.to_be_bytes());
+}
+
+/// A query for an upstream: `id`, RD, the client's question, our OPT.
+pub fn upstream_query(id: u16, question: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(HEADER_LEN + question.len() + OPT_RR_LEN);
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
+    v.extend_from_slice(question);
+    put_opt(&mut v, 0);
+    v
+}
+
+/// True when `resp` carries the same question as `question` (name compared
+/// case-insensitively: some servers randomise case, RFC draft 0x20).
+pub fn same_question(resp: &[u8], info: &ResponseInfo, question: &[u8]) -> bool {
+    let got = match resp.get(HEADER_LEN..info.question_end) {
+        Some(g) => g,
+        None => return false,
+    };
+    let n = question.len();
+    u16::from_be_bytes([resp[4], resp[5]]) == 1
+        && got.len() == n
+        && n >= 4
+        && got[..n - 4].eq_ignore_ascii_case(&question[..n - 4])
+        && got[n - 4..] == question[n - 4..]
 }
 
 #[cfg(test)]
