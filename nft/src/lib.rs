@@ -32,8 +32,8 @@ pub use expr::{
     DynsetOp, Expr, FibResult, Field, MetaKey, NatKind, NumgenKind, PayloadBase, Reject, SetRef,
 };
 pub use objects::{
-    bridge_priority, priority, Chain, ChainType, ElemData, Hook, HookPoint, Policy, Rule, Set,
-    SetElem, SetFlags, Table,
+    bridge_priority, prefix_elems, priority, Chain, ChainType, ElemData, Hook, HookPoint, Policy,
+    Rule, Set, SetElem, SetFlags, Table,
 };
 pub use socket::{ApplyStats, Nft};
 pub use types::{encode_concat, DataType, Family, Reg, TypeConcat, Val, Verdict};

@@ -2,6 +2,7 @@
 //! their attribute encodings. Attribute order follows libnftnl so our
 //! messages compare byte-for-byte with what `nft` sends.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::attr::AttrWriter;
@@ -437,6 +438,9 @@ pub struct SetElem {
     pub timeout: Option<Duration>,
     /// Raw element userdata; `comment()` writes nft's comment TLV.
     pub userdata: Option<Vec<u8>>,
+    /// Marks the (exclusive) end of a range in a non-concatenated interval
+    /// set (NFT_SET_ELEM_INTERVAL_END); see `prefix_elems`.
+    pub interval_end: bool,
 }
 
 impl SetElem {
@@ -488,12 +492,21 @@ impl SetElem {
         self
     }
 
+    /// Flags this element as the exclusive end of a range.
+    pub fn interval_end(mut self) -> SetElem {
+        self.interval_end = true;
+        self
+    }
+
     /// Encodes one list entry. The kernel ignores the entry's attribute type;
     /// libnftnl numbers entries 1, 2, 3... (`index`), and so do we so that
     /// messages compare equal. `with_data` is false for deletions, which only
     /// need the key.
     pub(crate) fn encode(&self, w: &mut AttrWriter, index: u16, with_data: bool) -> Result<()> {
         let e = w.nest(index);
+        if self.interval_end {
+            w.put_u32_be(sys::NFTA_SET_ELEM_FLAGS, sys::NFT_SET_ELEM_INTERVAL_END);
+        }
         if with_data {
             if let Some(t) = self.timeout {
                 w.put_u64_be(sys::NFTA_SET_ELEM_TIMEOUT, t.as_millis() as u64);
@@ -573,5 +586,156 @@ impl Rule {
             );
         }
         Ok(())
+    }
+}
+
+/// Elements of an interval set (`flags interval`, key `ipv4_addr` or
+/// `ipv6_addr`) holding the given prefixes, in the form nft sends: sorted
+/// range starts, each followed by its exclusive end flagged interval-end,
+/// plus a leading interval-end at address zero when the first range does not
+/// start there. Overlapping or adjacent prefixes are merged. All prefixes
+/// must be of one family.
+pub fn prefix_elems(prefixes: &[(IpAddr, u8)]) -> Result<Vec<SetElem>> {
+    let Some(first) = prefixes.first() else {
+        return Ok(Vec::new());
+    };
+    let v6 = first.0.is_ipv6();
+    let bits: u32 = if v6 { 128 } else { 32 };
+    let mut ranges: Vec<(u128, u128)> = Vec::with_capacity(prefixes.len());
+    for (addr, len) in prefixes {
+        if addr.is_ipv6() != v6 {
+            return Err(Error::Invalid(format!(
+                "prefix {addr}/{len}: mixed address families in one interval set"
+            )));
+        }
+        if u32::from(*len) > bits {
+            return Err(Error::Invalid(format!(
+                "prefix {addr}/{len}: length over {bits}"
+            )));
+        }
+        let a: u128 = match addr {
+            IpAddr::V4(a) => u32::from(*a).into(),
+            IpAddr::V6(a) => u128::from(*a),
+        };
+        let host_bits = bits - u32::from(*len);
+        let host_mask: u128 = if host_bits == 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        };
+        // Inclusive ends, so ::/0 does not overflow.
+        ranges.push((a & !host_mask, a | host_mask));
+    }
+    ranges.sort();
+    let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
+    for (s, e) in ranges {
+        match merged.last_mut() {
+            Some((_, le)) if s <= le.saturating_add(1) => *le = (*le).max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    let max: u128 = if v6 { u128::MAX } else { u32::MAX.into() };
+    let key = |v: u128| -> Vec<u8> {
+        if v6 {
+            v.to_be_bytes().to_vec()
+        } else {
+            (v as u32).to_be_bytes().to_vec()
+        }
+    };
+    let mut out = Vec::with_capacity(merged.len() * 2 + 1);
+    if merged[0].0 != 0 {
+        out.push(SetElem::raw(key(0)).interval_end());
+    }
+    for (s, e) in merged {
+        out.push(SetElem::raw(key(s)));
+        if e < max {
+            out.push(SetElem::raw(key(e + 1)).interval_end());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn prefixes_become_nft_style_intervals() {
+        let e = prefix_elems(&[(v4("192.168.1.7"), 24), (v4("10.0.0.0"), 8)]).unwrap();
+        let got: Vec<(Vec<u8>, bool)> = e.iter().map(|e| (e.key.clone(), e.interval_end)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (vec![0, 0, 0, 0], true),
+                (vec![10, 0, 0, 0], false),
+                (vec![11, 0, 0, 0], true),
+                (vec![192, 168, 1, 0], false),
+                (vec![192, 168, 2, 0], true),
+            ]
+        );
+    }
+
+    #[test]
+    fn adjacent_and_overlapping_prefixes_merge_and_top_of_space_has_no_end() {
+        let e = prefix_elems(&[
+            (v4("10.0.0.0"), 9),
+            (v4("10.128.0.0"), 9),
+            (v4("10.1.0.0"), 16),
+            (v4("255.255.255.0"), 24),
+        ])
+        .unwrap();
+        let got: Vec<(Vec<u8>, bool)> = e.iter().map(|e| (e.key.clone(), e.interval_end)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (vec![0, 0, 0, 0], true),
+                (vec![10, 0, 0, 0], false),
+                (vec![11, 0, 0, 0], true),
+                (vec![255, 255, 255, 0], false),
+            ]
+        );
+        let all = prefix_elems(&[(v4("0.0.0.0"), 0)]).unwrap();
+        assert_eq!(all.len(), 1);
+        assert!(!all[0].interval_end);
+        let v6 = prefix_elems(&[("::".parse().unwrap(), 0)]).unwrap();
+        assert_eq!(v6.len(), 1);
+    }
+
+    #[test]
+    fn mixed_families_and_bad_lengths_are_rejected() {
+        assert!(prefix_elems(&[(v4("10.0.0.0"), 8), ("fd00::".parse().unwrap(), 8)]).is_err());
+        assert!(prefix_elems(&[(v4("10.0.0.0"), 33)]).is_err());
+    }
+
+    #[test]
+    fn set_flags_and_key_layout() {
+        let s = Set::new(
+            Family::Inet,
+            "t",
+            "s",
+            [DataType::Ipv4Addr, DataType::InetService],
+        )
+        .flags(SetFlags {
+            interval: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            s.kernel_flags(),
+            sys::NFT_SET_INTERVAL | sys::NFT_SET_CONCAT
+        );
+        let m = Set::new(Family::Ip, "t", "m", DataType::Ipv4Addr)
+            .map(DataType::Verdict)
+            .timeout(Duration::from_secs(5));
+        assert!(m.is_vmap());
+        assert_eq!(m.kernel_flags(), sys::NFT_SET_MAP | sys::NFT_SET_TIMEOUT);
+        let bad = Set {
+            timeout: Some(Duration::from_secs(1)),
+            ..Set::new(Family::Ip, "t", "x", DataType::Ipv4Addr)
+        };
+        assert!(bad.validate().is_err());
     }
 }

@@ -611,3 +611,40 @@ fn inet_filter_matches_nft() {
         ],
     );
 }
+
+#[test]
+fn interval_set_matches_nft() {
+    netns_fixtures::skip_unless_root!();
+    let (f, t) = (Family::Ip, "piv");
+    let mut b = Batch::new();
+    b.add_table(&Table::new(f, t));
+    b.add_chain(&Chain::new(f, t, "c")).unwrap();
+    b.add_set(
+        &Set::new(f, t, "cidrs", DataType::Ipv4Addr).flags(SetFlags {
+            interval: true,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    let elems = prefix_elems(&[
+        ("10.0.0.0".parse().unwrap(), 8),
+        ("192.168.1.0".parse().unwrap(), 24),
+    ])
+    .unwrap();
+    b.add_elements(f, t, "cidrs", &elems).unwrap();
+    b.add_rule(
+        &Rule::new(f, t, "c")
+            .lookup(&[Field::IpDaddr], SetRef::named("cidrs"), false)
+            .unwrap()
+            .accept(),
+    )
+    .unwrap();
+    check(
+        "interval.nft",
+        &b,
+        &[
+            "elements = { 10.0.0.0/8, 192.168.1.0/24 }",
+            "ip daddr @cidrs accept",
+        ],
+    );
+}
