@@ -275,6 +275,8 @@ impl Forwarder {
         // RA: we recurse for this client; RD echoes the query.
         p[3] |= 0x80;
         p[2] = (p[2] & !0x01) | ((q.flags >> 8) as u8 & 0x01);
+        // Not authoritative: this is a forwarded (possibly cached) answer.
+        p[2] &= !0x04;
         if q.edns.is_some() {
             wire::append_opt(&mut p);
         }

@@ -87,7 +87,11 @@ impl Dns {
     }
 
     pub fn start_with(store_url: &str, extra: &[&str], wait_ready: bool) -> Dns {
-        let port = free_port();
+        Dns::start_at(free_port(), store_url, extra, wait_ready)
+    }
+
+    /// Starts on 127.0.0.1:`port` (UDP and TCP).
+    pub fn start_at(port: u16, store_url: &str, extra: &[&str], wait_ready: bool) -> Dns {
         let mport = free_port();
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("podnet-dns.log");
