@@ -434,6 +434,10 @@ impl Expr {
     pub(crate) fn encode(&self, w: &mut AttrWriter) -> Result<()> {
         let elem = w.nest(sys::NFTA_LIST_ELEM);
         w.put_str(sys::NFTA_EXPR_NAME, self.name());
+        if matches!(self, Expr::Notrack) {
+            // libnftnl sends no data nest for notrack (it has no attributes).
+            return w.end(elem);
+        }
         let data = w.nest(sys::NFTA_EXPR_DATA);
         match self {
             Expr::Payload {

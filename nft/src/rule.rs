@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::expr::{
-    load_concat, CmpOp, DynsetOp, Expr, Field, MetaKey, NatKind, NumgenKind, Reject, SetRef,
+    load_concat, CmpOp, CtDir, CtKey, DynsetOp, Expr, Field, MetaKey, NatKind, NumgenKind, Reject,
+    SetRef,
 };
 use crate::objects::Rule;
 use crate::types::{Family, Reg, Val, Verdict};
@@ -57,6 +58,44 @@ impl Rule {
             sreg: r,
             op: CmpOp::Eq,
             data: prefix.as_bytes().to_vec(),
+        })
+    }
+
+    /// `ct [original|reply] <key> <op> <value>`, e.g. `ct original ip daddr
+    /// 10.96.0.1` (`CtKey::DstIp`, `Some(CtDir::Original)`).
+    pub fn ct_cmp(self, key: CtKey, dir: Option<CtDir>, op: CmpOp, value: Val) -> Rule {
+        let r = Reg::first();
+        self.expr(Expr::Ct { dreg: r, key, dir }).expr(Expr::Cmp {
+            sreg: r,
+            op,
+            data: value.bytes(),
+        })
+    }
+
+    /// `<field> from-to` (inclusive), encoded like nft as two comparisons.
+    pub fn in_range(self, field: Field, from: Val, to: Val) -> Rule {
+        let r = Reg::first();
+        self.expr(field.load(r))
+            .expr(Expr::Cmp {
+                sreg: r,
+                op: CmpOp::Gte,
+                data: from.bytes(),
+            })
+            .expr(Expr::Cmp {
+                sreg: r,
+                op: CmpOp::Lte,
+                data: to.bytes(),
+            })
+    }
+
+    /// `<field> != from-to`, encoded like nft with the range expression.
+    pub fn not_in_range(self, field: Field, from: Val, to: Val) -> Rule {
+        let r = Reg::first();
+        self.expr(field.load(r)).expr(Expr::Range {
+            sreg: r,
+            neq: true,
+            from: from.bytes(),
+            to: to.bytes(),
         })
     }
 
@@ -299,6 +338,45 @@ impl Rule {
         .expr(Expr::MetaSet {
             key: MetaKey::Mark,
             sreg: r,
+        })
+    }
+
+    /// `ct mark set <value>`.
+    pub fn ct_mark_set(self, value: u32) -> Rule {
+        let r = Reg::first();
+        self.expr(Expr::Immediate {
+            dreg: r,
+            data: value.to_ne_bytes().to_vec(),
+        })
+        .expr(Expr::CtSet {
+            key: CtKey::Mark,
+            sreg: r,
+        })
+    }
+
+    /// `masquerade to :min-max`.
+    pub fn masquerade_ports(self, min: u16, max: u16, flags: u32) -> Rule {
+        let (lo, hi) = (Reg::first(), Reg::word(4));
+        self.expr(Expr::Immediate {
+            dreg: lo,
+            data: Val::Port(min).bytes(),
+        })
+        .expr(Expr::Immediate {
+            dreg: hi,
+            data: Val::Port(max).bytes(),
+        })
+        .expr(Expr::Masquerade {
+            flags: flags | crate::expr::nat_flags::PROTO_SPECIFIED,
+            proto_min: Some(lo),
+            proto_max: Some(hi),
+        })
+    }
+
+    /// `log [prefix "..."] [group N]`.
+    pub fn log(self, prefix: Option<&str>, group: Option<u16>) -> Rule {
+        self.expr(Expr::Log {
+            prefix: prefix.map(str::to_string),
+            group,
         })
     }
 

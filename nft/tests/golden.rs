@@ -648,3 +648,94 @@ fn interval_set_matches_nft() {
         ],
     );
 }
+
+#[test]
+fn misc_expressions_match_nft() {
+    netns_fixtures::skip_unless_root!();
+    let (f, t) = (Family::Ip, "pmisc");
+    let mut b = Batch::new();
+    b.add_table(&Table::new(f, t));
+    b.add_chain(&Chain::new(f, t, "c")).unwrap();
+    b.add_chain(&Chain::new(f, t, "post").base(
+        ChainType::Nat,
+        HookPoint::Postrouting,
+        priority::SRCNAT,
+        Policy::Accept,
+    ))
+    .unwrap();
+    b.add_chain(&Chain::new(f, t, "raw").base(
+        ChainType::Filter,
+        HookPoint::Prerouting,
+        priority::RAW,
+        Policy::Accept,
+    ))
+    .unwrap();
+    let c = || Rule::new(f, t, "c");
+    let r1 = Reg::first();
+    for r in [
+        c().ct_cmp(
+            CtKey::DstIp,
+            Some(CtDir::Original),
+            CmpOp::Eq,
+            ip4("10.96.0.1"),
+        )
+        .accept(),
+        c().eq(Field::L4Proto, Val::Proto(17))
+            .ct_cmp(
+                CtKey::ProtoSrc,
+                Some(CtDir::Reply),
+                CmpOp::Eq,
+                Val::Port(53),
+            )
+            .accept(),
+        c().in_range(Field::ThDport, Val::Port(1000), Val::Port(2000))
+            .accept(),
+        c().not_in_range(Field::ThDport, Val::Port(3000), Val::Port(4000))
+            .drop(),
+        c().expr(Expr::Numgen {
+            dreg: r1,
+            kind: NumgenKind::Incremental,
+            modulus: 4,
+            offset: 10,
+        })
+        .expr(Expr::MetaSet {
+            key: MetaKey::Mark,
+            sreg: r1,
+        }),
+        c().ct_mark_set(1),
+        c().log(Some("podnet: "), Some(2)),
+        c().eq(Field::IifName, Val::IfName("veth0".into()))
+            .counter(),
+        c().ct_state(ct_state::INVALID).drop(),
+    ] {
+        b.add_rule(&r).unwrap();
+    }
+    b.add_rule(
+        &Rule::new(f, t, "post")
+            .eq(Field::L4Proto, Val::Proto(6))
+            .masquerade_ports(1024, 2048, 0),
+    )
+    .unwrap();
+    b.add_rule(
+        &Rule::new(f, t, "post")
+            .eq(Field::IpSaddr, ip4("10.0.0.1"))
+            .nat_to(NatKind::Snat, "192.168.0.1".parse().unwrap(), None),
+    )
+    .unwrap();
+    b.add_rule(
+        &Rule::new(f, t, "raw")
+            .eq(Field::L4Proto, Val::Proto(17))
+            .expr(Expr::Notrack),
+    )
+    .unwrap();
+    check(
+        "misc.nft",
+        &b,
+        &[
+            "ct original ip daddr 10.96.0.1 accept",
+            "th dport != 3000-4000 drop",
+            "masquerade to :1024-2048",
+            "log prefix \"podnet: \" group 2",
+        ],
+    );
+}
