@@ -635,3 +635,122 @@ pub(crate) fn put_msg(
     buf.extend_from_slice(&nfgen);
     buf.extend_from_slice(attrs);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{DataType, Val, Verdict};
+    use std::net::Ipv4Addr;
+
+    /// (type, flags, seq, nfgenmsg, attrs) of each message in `buf`.
+    fn split(buf: &[u8]) -> Vec<(u16, u16, u32, [u8; 4], Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < buf.len() {
+            let b = NetlinkBuffer::new_checked(&buf[at..]).unwrap();
+            let len = b.length() as usize;
+            let mut nfgen = [0; 4];
+            nfgen.copy_from_slice(&buf[at + 16..at + 20]);
+            out.push((
+                b.message_type(),
+                b.flags(),
+                b.sequence_number(),
+                nfgen,
+                buf[at + 20..at + len].to_vec(),
+            ));
+            at += len;
+        }
+        out
+    }
+
+    fn elems(n: u32) -> Vec<SetElem> {
+        (0..n)
+            .map(|i| {
+                SetElem::new(&[Val::Ipv4(Ipv4Addr::from(i)), Val::Proto(6), Val::Port(80)])
+                    .verdict(Verdict::Goto("a-chain-with-a-long-name".into()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn framing_sequence_numbers_and_flags() {
+        let mut b = Batch::new();
+        b.add_table(&Table::new(Family::Ip, "t"));
+        b.delete_chain(Family::Ip, "t", "c");
+        let enc = b.encode(100, 7);
+        assert_eq!(enc.buf.len(), b.encoded_len());
+        let m = split(&enc.buf);
+        assert_eq!(m.len(), 4);
+        // BEGIN/END: nfgenmsg res_id = NFNL_SUBSYS_NFTABLES, big-endian.
+        assert_eq!((m[0].0, m[0].2, m[0].3), (0x10, 100, [0, 0, 0, 10]));
+        assert_eq!((m[3].0, m[3].2, m[3].3), (0x11, 103, [0, 0, 0, 10]));
+        assert_eq!(m[0].1 & NLM_F_ACK, 0);
+        // Messages: subsystem in the high byte, own seq, ACK requested.
+        assert_eq!(m[1].0, (10 << 8) | sys::NFT_MSG_NEWTABLE);
+        assert_eq!(m[1].1, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE);
+        assert_eq!(m[1].2, 101);
+        assert_eq!(m[1].3, [2, 0, 0, 0]);
+        assert_eq!(m[2].0, (10 << 8) | sys::NFT_MSG_DELCHAIN);
+        assert_eq!(m[2].1, NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(m[2].2, 102);
+        assert_eq!(b.describe(1), Some("delete chain ip t c"));
+    }
+
+    #[test]
+    fn large_element_lists_are_split_below_the_nest_limit() {
+        let mut b = Batch::new();
+        let all = elems(5000);
+        b.add_elements(Family::Ip, "t", "svc", &all).unwrap();
+        assert!(b.len() > 1, "{} messages", b.len());
+        let mut keys = Vec::new();
+        for (i, m) in b.msgs.iter().enumerate() {
+            let attrs = crate::attr::parse_attrs(&m.attrs).unwrap();
+            let list = crate::attr::find(&attrs, sys::NFTA_SET_ELEM_LIST_ELEMENTS).unwrap();
+            assert!(list.value.len() + 4 <= u16::MAX as usize);
+            for (j, e) in list.nested().unwrap().iter().enumerate() {
+                // libnftnl-style numbering restarts in every message.
+                assert_eq!(e.kind as usize, j + 1);
+                let inner = e.nested().unwrap();
+                let key = crate::attr::find(&inner, sys::NFTA_SET_ELEM_KEY).unwrap();
+                keys.push(key.nested().unwrap()[0].value.to_vec());
+            }
+            assert!(b.describe(i).unwrap().contains("of 5000"));
+        }
+        let want: Vec<Vec<u8>> = all.iter().map(|e| e.key.clone()).collect();
+        assert_eq!(keys, want);
+    }
+
+    #[test]
+    fn sets_created_in_the_batch_are_referenced_by_id() {
+        let mut b = Batch::new();
+        let f = Family::Ip;
+        let r1 = b
+            .add_set(&Set::new(f, "t", "s1", DataType::Ipv4Addr))
+            .unwrap();
+        let anon = b
+            .add_anonymous_set(
+                &Set::anonymous(f, "t", DataType::Integer32).map(DataType::Verdict),
+                &[SetElem::new(&[Val::U32(0)]).verdict(Verdict::Accept)],
+            )
+            .unwrap();
+        assert_eq!((r1.id, anon.id), (Some(1), Some(2)));
+        assert_eq!(anon.name, "__map%d");
+        b.add_elements(f, "t", "s1", &elems(1)).unwrap();
+        b.add_elements(f, "t", "elsewhere", &elems(1)).unwrap();
+        let has_id = |i: usize| {
+            let attrs = crate::attr::parse_attrs(&b.msgs[i].attrs).unwrap();
+            crate::attr::find(&attrs, sys::NFTA_SET_ELEM_LIST_SET_ID).map(|a| a.u32_be().unwrap())
+        };
+        assert_eq!(has_id(3), Some(1));
+        assert_eq!(has_id(4), None);
+        let rule = Rule::new(f, "t", "c")
+            .lookup(&[crate::Field::IpSaddr], SetRef::named("s1"), false)
+            .unwrap();
+        b.add_rule(&rule).unwrap();
+        assert!(b.msgs[5].attrs.windows(4).any(|w| w == [0, 0, 0, 1]));
+        assert!(Batch::new()
+            .add_anonymous_set(&Set::new(f, "t", "named", DataType::Ipv4Addr), &[])
+            .is_err());
+        assert!(Batch::new().replace_rule(&Rule::new(f, "t", "c")).is_err());
+    }
+}

@@ -326,3 +326,92 @@ impl Nft {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::{Chain, ChainType, HookPoint, Policy, Rule, Set, SetElem};
+    use crate::types::{DataType, Val};
+
+    fn payload(family: Family, attrs: Vec<u8>) -> Vec<u8> {
+        let mut p = vec![family.nfproto(), 0, 0, 0];
+        p.extend(attrs);
+        p
+    }
+
+    #[test]
+    fn our_encodings_decode_back() {
+        let mut w = AttrWriter::default();
+        Chain::new(Family::Inet, "t", "pre")
+            .base(ChainType::Nat, HookPoint::Prerouting, -100, Policy::Accept)
+            .comment("entry")
+            .encode_new(&mut w)
+            .unwrap();
+        let c = parse_chain(&payload(Family::Inet, w.buf)).unwrap();
+        assert_eq!((c.family, c.name.as_str()), (Family::Inet, "pre"));
+        assert_eq!(c.hook, Some((0, -100)));
+        assert_eq!(c.comment.as_deref(), Some("entry"));
+
+        let mut w = AttrWriter::default();
+        Set::new(
+            Family::Ip,
+            "t",
+            "m",
+            [DataType::InetProto, DataType::InetService],
+        )
+        .map(DataType::Verdict)
+        .timeout(Duration::from_secs(30))
+        .comment("nodeports")
+        .encode_new(&mut w, 1, 0)
+        .unwrap();
+        let s = parse_set(&payload(Family::Ip, w.buf)).unwrap();
+        assert_eq!(
+            s.key,
+            Some(TypeConcat::new(&[
+                DataType::InetProto,
+                DataType::InetService
+            ]))
+        );
+        assert_eq!(s.data_type, Some(sys::NFT_DATA_VERDICT));
+        assert_eq!(s.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(s.comment.as_deref(), Some("nodeports"));
+
+        let mut w = AttrWriter::default();
+        w.put_str(sys::NFTA_SET_ELEM_LIST_TABLE, "t");
+        let n = w.nest(sys::NFTA_SET_ELEM_LIST_ELEMENTS);
+        SetElem::new(&[Val::Proto(6), Val::Port(30080)])
+            .verdict(Verdict::Jump("np".into()))
+            .timeout(Duration::from_secs(5))
+            .comment("svc/a")
+            .encode(&mut w, 1, true)
+            .unwrap();
+        w.end(n).unwrap();
+        let e = parse_elems(&payload(Family::Ip, w.buf)).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].key, vec![6, 0, 0, 0, 0x75, 0x80, 0, 0]);
+        assert_eq!(
+            e[0].data,
+            Some(ElemData::Verdict(Verdict::Jump("np".into())))
+        );
+        assert_eq!(e[0].timeout, Some(Duration::from_secs(5)));
+        assert_eq!(e[0].comment().as_deref(), Some("svc/a"));
+
+        let mut w = AttrWriter::default();
+        let mut r = Rule::new(Family::Ip, "t", "c")
+            .counter()
+            .accept()
+            .comment("x");
+        r.handle = Some(42);
+        r.encode_new(&mut w).unwrap();
+        let r = parse_rule(&payload(Family::Ip, w.buf)).unwrap();
+        assert_eq!(r.handle, 42);
+        assert_eq!(r.exprs, ["counter", "immediate"]);
+        assert_eq!(r.comment.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn unknown_family_is_an_error() {
+        assert!(parse_table(&[99, 0, 0, 0]).is_err());
+        assert!(parse_table(&[2, 0]).is_err());
+    }
+}

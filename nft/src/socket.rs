@@ -322,3 +322,25 @@ impl Nft {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attr::AttrWriter;
+
+    #[test]
+    fn nlmsgerr_with_extended_ack_message() {
+        let mut p = Vec::new();
+        p.extend_from_slice(&(-22i32).to_ne_bytes());
+        p.extend_from_slice(&[0u8; 16]); // echoed header (capped)
+        let mut w = AttrWriter::default();
+        w.put_str(sys::NLMSGERR_ATTR_MSG, "bad things");
+        p.extend_from_slice(&w.buf);
+        let e = parse_nlmsgerr(NLM_F_CAPPED | NLM_F_ACK_TLVS, &p).unwrap();
+        assert_eq!(e.code, -22);
+        assert_eq!(e.message.as_deref(), Some("bad things"));
+        let plain = parse_nlmsgerr(NLM_F_CAPPED, &p).unwrap();
+        assert_eq!(plain.message, None);
+        assert!(parse_nlmsgerr(0, &p[..8]).is_err());
+    }
+}
