@@ -642,8 +642,10 @@ mod tests {
     use crate::types::{DataType, Val, Verdict};
     use std::net::Ipv4Addr;
 
-    /// (type, flags, seq, nfgenmsg, attrs) of each message in `buf`.
-    fn split(buf: &[u8]) -> Vec<(u16, u16, u32, [u8; 4], Vec<u8>)> {
+    /// (type, flags, seq, nfgenmsg, attrs) of one message.
+    type Parsed = (u16, u16, u32, [u8; 4], Vec<u8>);
+
+    fn split(buf: &[u8]) -> Vec<Parsed> {
         let mut out = Vec::new();
         let mut at = 0;
         while at < buf.len() {
