@@ -24,16 +24,18 @@
 //!
 //! Like the reference's per-container chains, traffic from a pod to its own subnet (and
 //! multicast) is not masqueraded, whatever other networks exist. Every ADD is one
-//! transaction that (re)declares the tables, chains, maps and the fixed rules (a chain
-//! flush + the same rules: idempotent, and atomic for concurrent ADDs) plus the pod's
-//! elements. DEL and GC list the elements, pick them by comment and destroy them in one
-//! transaction.
+//! transaction: the pod's elements, plus whatever of the fixed layout a rule listing
+//! shows missing (declared with a chain flush + the same rules: idempotent, and atomic
+//! for concurrent ADDs). DEL and GC list the elements, pick them by comment and destroy
+//! them in one transaction. All of a call goes through one [`Session`].
 
 use std::net::IpAddr;
 
+use std::collections::{HashMap, HashSet};
+
 use podnet_nft::{
-    Batch, Chain, ChainType, DataType, Family, Field, HookPoint, Policy, Rule, Set, SetElem,
-    SetRef, Table, Val, Verdict,
+    Batch, Chain, ChainType, DataType, Family, Field, HookPoint, Nft, Policy, Rule, RuleInfo, Set,
+    SetElem, SetRef, Table, Val, Verdict,
 };
 
 use crate::cni::ipnet::IpNet;
@@ -203,12 +205,50 @@ fn declare_macspoof(b: &mut Batch) -> Result<(), MasqError> {
     b.add_rule(&rule).map_err(nft("adding the macspoof rule"))
 }
 
-/// The ADD transaction: declarations plus this pod's elements (`ips` = pod addresses
-/// with their subnet prefix; `spoof` = host veth and pod MAC).
+/// Which parts of the fixed layout the kernel already has, read from one rule listing
+/// per table: a chain counts as declared when it holds the number of rules we put in
+/// it. Declaring only what is missing keeps the usual ADD free of rule flushes, whose
+/// deferred frees would otherwise make the socket's close wait a grace period.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Present {
+    /// (family, chain) pairs found complete.
+    chains: HashSet<(Family, String)>,
+}
+
+impl Present {
+    /// Records the rules listed for one table.
+    pub fn add_rules(&mut self, rules: &[RuleInfo]) {
+        let mut counts: HashMap<(Family, &str), usize> = HashMap::new();
+        for r in rules {
+            *counts.entry((r.family, r.chain.as_str())).or_default() += 1;
+        }
+        for ((fam, chain), n) in counts {
+            let want = if chain == POSTROUTING || chain == MACSPOOF {
+                1
+            } else if chain.starts_with("masq-") {
+                3
+            } else {
+                continue;
+            };
+            if n == want {
+                self.chains.insert((fam, chain.to_string()));
+            }
+        }
+    }
+
+    fn has(&self, fam: Family, chain: &str) -> bool {
+        self.chains.contains(&(fam, chain.to_string()))
+    }
+}
+
+/// The ADD transaction: what is missing of the layout (see [`Present`]) plus this pod's
+/// elements (`ips` = pod addresses with their subnet prefix; `spoof` = host veth and pod
+/// MAC).
 pub fn add_batch(
     owner: &Owner<'_>,
     ips: &[IpNet],
     spoof: Option<(&str, [u8; 6])>,
+    present: &Present,
 ) -> Result<Batch, MasqError> {
     let mut b = Batch::new();
     let comment = owner.comment();
@@ -217,24 +257,33 @@ pub fn add_batch(
         if mine.is_empty() {
             continue;
         }
-        declare_masq_family(&mut b, fam)?;
+        if !present.has(fam, POSTROUTING) {
+            declare_masq_family(&mut b, fam)?;
+        }
         let mut elems = Vec::new();
         for ip in mine {
-            let chain = declare_subnet_chain(&mut b, &ip.trunc())?;
+            let subnet = ip.trunc();
+            let chain = subnet_chain(&subnet);
+            if !present.has(fam, &chain) {
+                declare_subnet_chain(&mut b, &subnet)?;
+            }
             elems.push(
                 SetElem::new(&[Val::ip(ip.addr())])
                     .verdict(Verdict::Jump(chain))
                     .comment(&comment),
             );
-            // An address reused after a missed DEL: replace its old owner's element.
         }
+        // An address reused after a missed DEL: replace its old owner's element
+        // (destroying an absent element is no error and costs nothing).
         b.destroy_elements(fam, TABLE, MASQ_MAP, &elems)
             .map_err(nft("replacing stale masquerade elements"))?;
         b.add_elements(fam, TABLE, MASQ_MAP, &elems)
             .map_err(nft("adding masquerade elements"))?;
     }
     if let Some((port, mac)) = spoof {
-        declare_macspoof(&mut b)?;
+        if !present.has(Family::Bridge, MACSPOOF) {
+            declare_macspoof(&mut b)?;
+        }
         b.add_elements(
             Family::Bridge,
             TABLE,
@@ -307,72 +356,109 @@ pub fn is_stale(comment: &str, network: &str, keep: &[(String, String)]) -> bool
     })
 }
 
-/// Adds the pod's masquerade and/or spoof-check entries in one transaction.
-pub fn add(
-    owner: &Owner<'_>,
-    ips: &[IpNet],
-    spoof: Option<(&str, [u8; 6])>,
-) -> Result<(), MasqError> {
-    let b = add_batch(owner, ips, spoof)?;
-    if b.is_empty() {
-        return Ok(());
-    }
-    io::commit(&b, "adding nftables entries")
+/// One netfilter socket for a whole CNI call.
+///
+/// Closing a netfilter socket makes the kernel finish the deferred frees of pending
+/// transactions (an RCU grace period, ~10 ms here) before `close` returns. A DEL that
+/// removes elements therefore keeps its session until its other work (the veth
+/// deletion, the IPAM call) is done, and the wait has passed by then.
+pub struct Session {
+    nft: Nft,
 }
 
-/// Removes every entry of `owner` (none is fine).
-pub fn del(owner: &Owner<'_>) -> Result<(), MasqError> {
-    let mine = owner.comment();
-    let listed = list()?;
-    match removal_batch(&listed, |c| c == mine)? {
-        Some(b) => io::commit(&b, "removing nftables entries"),
-        None => Ok(()),
-    }
-}
-
-/// Removes every entry of `network` whose attachment is not in `keep`.
-pub fn gc(network: &str, keep: &[(String, String)]) -> Result<(), MasqError> {
-    let listed = list()?;
-    match removal_batch(&listed, |c| is_stale(c, network, keep))? {
-        Some(b) => io::commit(&b, "garbage-collecting nftables entries"),
-        None => Ok(()),
-    }
-}
-
-/// Every owned element on this node (sets that do not exist yet are empty).
-pub fn list() -> Result<Vec<Listed>, MasqError> {
-    let mut out = Vec::new();
-    for (fam, set) in OWNED_SETS {
-        for elem in io::elements(fam, set)? {
-            out.push(Listed {
-                family: fam,
-                set,
-                comment: elem.comment(),
-                key: elem.key,
-            });
-        }
-    }
-    Ok(out)
-}
-
-mod io {
-    //! The two kernel interactions: commit a batch, list a set.
-    use super::*;
-    use podnet_nft::{ElemInfo, Nft};
-
-    pub(super) fn commit(b: &Batch, what: &str) -> Result<(), MasqError> {
-        let mut s = Nft::new().map_err(nft(format!("{what}: opening nfnetlink")))?;
-        s.apply(b).map_err(nft(what.to_string()))
+impl Session {
+    /// Opens the socket in the calling thread's network namespace.
+    pub fn open() -> Result<Session, MasqError> {
+        Ok(Session {
+            nft: Nft::new().map_err(nft("opening nfnetlink"))?,
+        })
     }
 
-    pub(super) fn elements(fam: Family, set: &str) -> Result<Vec<ElemInfo>, MasqError> {
-        let mut s = Nft::new().map_err(nft("listing elements: opening nfnetlink"))?;
-        match s.list_elements(fam, TABLE, set) {
-            Ok(v) => Ok(v),
-            // No table or set yet: nothing was ever added.
+    fn rules(&mut self, fam: Family) -> Result<Vec<RuleInfo>, MasqError> {
+        match self.nft.list_rules(fam, TABLE, None) {
+            Ok(r) => Ok(r),
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(Vec::new()),
-            Err(e) => Err(nft(format!("listing {fam} {TABLE} {set}"))(e)),
+            Err(e) => Err(nft(format!("listing rules of {fam} {TABLE}"))(e)),
         }
+    }
+
+    /// Adds the pod's masquerade and/or spoof-check entries in one transaction
+    /// (declaring whatever of the layout is missing in the same transaction).
+    pub fn add(
+        &mut self,
+        owner: &Owner<'_>,
+        ips: &[IpNet],
+        spoof: Option<(&str, [u8; 6])>,
+    ) -> Result<(), MasqError> {
+        let mut present = Present::default();
+        let mut fams: Vec<Family> = Vec::new();
+        if ips.iter().any(|n| n.addr().is_ipv4()) {
+            fams.push(Family::Ip);
+        }
+        if ips.iter().any(|n| n.addr().is_ipv6()) {
+            fams.push(Family::Ip6);
+        }
+        if spoof.is_some() {
+            fams.push(Family::Bridge);
+        }
+        for fam in fams {
+            let rules = self.rules(fam)?;
+            present.add_rules(&rules);
+        }
+        let b = add_batch(owner, ips, spoof, &present)?;
+        if b.is_empty() {
+            return Ok(());
+        }
+        self.nft.apply(&b).map_err(nft(format!(
+            "adding nftables entries of {}",
+            owner.comment()
+        )))
+    }
+
+    /// Removes every entry of `owner` (none is fine).
+    pub fn del(&mut self, owner: &Owner<'_>) -> Result<(), MasqError> {
+        let mine = owner.comment();
+        let listed = self.list()?;
+        match removal_batch(&listed, |c| c == mine)? {
+            Some(b) => self
+                .nft
+                .apply(&b)
+                .map_err(nft(format!("removing nftables entries of {mine}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes every entry of `network` whose attachment is not in `keep`.
+    pub fn gc(&mut self, network: &str, keep: &[(String, String)]) -> Result<(), MasqError> {
+        let listed = self.list()?;
+        match removal_batch(&listed, |c| is_stale(c, network, keep))? {
+            Some(b) => self.nft.apply(&b).map_err(nft(format!(
+                "garbage-collecting nftables entries of {network}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Every owned element on this node (sets that do not exist yet are empty).
+    pub fn list(&mut self) -> Result<Vec<Listed>, MasqError> {
+        let mut out = Vec::new();
+        for (fam, set) in OWNED_SETS {
+            let elems = match self.nft.list_elements(fam, TABLE, set) {
+                Ok(v) => v,
+                // No table or set yet: nothing was ever added.
+                Err(e) if e.errno() == Some(libc::ENOENT) => Vec::new(),
+                Err(e) => return Err(nft(format!("listing {fam} {TABLE} {set}"))(e)),
+            };
+            for elem in elems {
+                out.push(Listed {
+                    family: fam,
+                    set,
+                    comment: elem.comment(),
+                    key: elem.key,
+                });
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -423,18 +509,46 @@ mod tests {
     #[test]
     fn add_batch_declares_only_what_is_needed() {
         let ips: Vec<IpNet> = vec!["10.22.0.5/16".parse().unwrap()];
-        let b = add_batch(&owner("abc"), &ips, None).unwrap();
-        let ops: Vec<&str> = (0..b.len()).filter_map(|i| b.describe(i)).collect();
+        let ops = |b: &Batch| -> Vec<String> {
+            (0..b.len())
+                .filter_map(|i| b.describe(i).map(str::to_string))
+                .collect()
+        };
+        let none = Present::default();
+        let all = ops(&add_batch(&owner("abc"), &ips, None, &none).unwrap());
         assert!(
-            ops.iter().any(|o| o.contains("masq-10.22.0.0-16")),
-            "{ops:?}"
+            all.iter().any(|o| o.contains("masq-10.22.0.0-16")),
+            "{all:?}"
         );
-        assert!(!ops.iter().any(|o| o.contains("bridge")), "{ops:?}");
-        assert!(!ops.iter().any(|o| o.contains("ip6")), "{ops:?}");
-        let b = add_batch(&owner("abc"), &[], Some(("veth1", [2, 0, 0, 0, 0, 1]))).unwrap();
-        let ops: Vec<&str> = (0..b.len()).filter_map(|i| b.describe(i)).collect();
-        assert!(ops.iter().any(|o| o.contains("macspoof")), "{ops:?}");
-        assert!(!ops.iter().any(|o| o.contains("masq-")), "{ops:?}");
+        assert!(all.iter().any(|o| o.contains("flush")), "{all:?}");
+        assert!(!all.iter().any(|o| o.contains("bridge")), "{all:?}");
+        assert!(!all.iter().any(|o| o.contains("ip6")), "{all:?}");
+
+        // With the layout in place only elements are sent: no flush, no rules.
+        let rule = |chain: &str| RuleInfo {
+            family: Family::Ip,
+            table: TABLE.into(),
+            chain: chain.into(),
+            handle: 1,
+            position: None,
+            exprs: vec![],
+            comment: None,
+        };
+        let sub = "masq-10.22.0.0-16";
+        let mut present = Present::default();
+        present.add_rules(&[rule(POSTROUTING), rule(sub), rule(sub), rule(sub)]);
+        let only = ops(&add_batch(&owner("abc"), &ips, None, &present).unwrap());
+        assert!(only.iter().all(|o| o.contains("element")), "{only:?}");
+        // A chain missing a rule is declared again.
+        let mut partial = Present::default();
+        partial.add_rules(&[rule(POSTROUTING), rule(sub)]);
+        let again = ops(&add_batch(&owner("abc"), &ips, None, &partial).unwrap());
+        assert!(again.iter().any(|o| o.contains("flush")), "{again:?}");
+
+        let spoof = Some(("veth1", [2, 0, 0, 0, 0, 1]));
+        let b = ops(&add_batch(&owner("abc"), &[], spoof, &none).unwrap());
+        assert!(b.iter().any(|o| o.contains("macspoof")), "{b:?}");
+        assert!(!b.iter().any(|o| o.contains("masq-")), "{b:?}");
     }
 
     #[test]

@@ -6,10 +6,11 @@
 //!   [`gc`]) so the meta plugins (`podnet-host-gw`, `podnet-vxlan`) can hand a generated
 //!   bridge config to the same code; [`BridgePlugin`] wires them to [`crate::cni::run`].
 //!
-//! ADD order keeps the host unchanged on every early failure: validate, check the
-//! container namespace and interface name, IPAM, then bridge, veth, addresses, routes,
-//! nftables. Anything after IPAM that fails undoes what this call made and releases
-//! the address (delegated DEL).
+//! ADD validates everything it can before changing anything (config, container
+//! namespace, interface name), then runs IPAM while it makes the bridge and the veth
+//! pair, then addresses, routes, gateway, nftables. Any failure after that point undoes
+//! what this call made and releases the address (delegated DEL), so a failed ADD leaves
+//! the host as it was.
 
 mod config;
 
@@ -108,6 +109,13 @@ pub fn add(req: &Request, conf: &BridgeConf) -> Result<CniResult, CniError> {
     }
 }
 
+/// The links of an attachment, made while IPAM runs.
+struct Links {
+    bridge: Link,
+    host_veth: Link,
+    cont: Link,
+}
+
 fn add_steps(
     req: &Request,
     conf: &BridgeConf,
@@ -116,13 +124,28 @@ fn add_steps(
     host: &Handle,
     undo: &mut Undo,
 ) -> Result<CniResult, CniError> {
-    let mut result = match &conf.ipam_type {
-        Some(t) => {
-            let r = cni::delegate_add(t, &req.conf.bytes, &req.env)?;
+    // IPAM (an exec, the slowest step) and the links do not depend on each other: run
+    // them at the same time. A failure of either undoes both.
+    let (ipam, links) = std::thread::scope(|s| {
+        let ipam = conf
+            .ipam_type
+            .as_ref()
+            .map(|t| s.spawn(move || cni::delegate_add(t, &req.conf.bytes, &req.env)));
+        let links = make_links(req, conf, ns, pod, host, undo);
+        let ipam = ipam.map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(CniError::io("IPAM delegation thread panicked")))
+        });
+        (ipam, links)
+    });
+    let mut result = match ipam {
+        Some(r) => {
+            let r = r?;
             undo.ipam = true;
             if r.ips.is_empty() {
                 return Err(CniError::io(format!(
-                    "IPAM plugin {t} returned no IP configuration"
+                    "IPAM plugin {} returned no IP configuration",
+                    conf.ipam_type.as_deref().unwrap_or_default()
                 )));
             }
             r
@@ -134,47 +157,14 @@ fn add_steps(
             dns: None,
         },
     };
+    let Links {
+        bridge,
+        host_veth,
+        cont,
+    } = links?;
+    let host_name = host_veth.name.clone();
     let gateways = apply_gateways(conf, &mut result, CONTAINER_IFACE);
 
-    let (bridge, created) = host
-        .bridge_ensure(&BridgeSpec {
-            name: &conf.bridge,
-            mtu: conf.mtu,
-            promisc: conf.promisc_mode,
-            vlan_filtering: conf.vlan != 0,
-        })
-        .map_err(nl)?;
-    if created {
-        undo.bridge_created = Some(bridge.index);
-        // We own the bridge's routes; router advertisements must not add any.
-        let _ = netlink::sysctl_write(&format!("net/ipv6/conf/{}/accept_ra", conf.bridge), "0");
-    }
-
-    let host_name = create_veth(req, conf, ns, pod, host, bridge.index)?;
-    undo.host_veth = Some(host_name.clone());
-    let host_veth = host
-        .link_by_name(&host_name)
-        .map_err(nl)?
-        .ok_or_else(|| CniError::io(format!("host veth {host_name} vanished after creation")))?;
-    if conf.hairpin_mode {
-        host.bridge_port_set_hairpin(host_veth.index, true)
-            .map_err(nl)?;
-    }
-    if conf.vlan != 0 {
-        host.bridge_vlan_add(host_veth.index, conf.vlan, true)
-            .map_err(nl)?;
-    }
-
-    let cont = pod
-        .link_by_name(&req.env.ifname)
-        .map_err(nl)?
-        .ok_or_else(|| {
-            CniError::io(format!(
-                "container interface {} vanished after creation",
-                req.env.ifname
-            ))
-        })?;
-    pod.link_set_up(cont.index).map_err(nl)?;
     if !result.ips.is_empty() {
         configure_pod(req, conf, ns, pod, &cont, &result)?;
     }
@@ -203,7 +193,10 @@ fn add_steps(
     };
     if !masq_ips.is_empty() || spoof.is_some() {
         undo.nft = true;
-        masq::add(&owner(req, conf), &masq_ips, spoof).map_err(|e| CniError::io(e.to_string()))?;
+        // Adding elements defers no frees, so this session closes without waiting.
+        masq::Session::open()
+            .and_then(|mut s| s.add(&owner(req, conf), &masq_ips, spoof))
+            .map_err(|e| CniError::io(e.to_string()))?;
     }
 
     // The bridge MAC is fixed at creation, but report what the kernel has now.
@@ -247,6 +240,61 @@ fn add_steps(
         }
     }
     Ok(result)
+}
+
+/// Bridge, veth pair (pod end named `CNI_IFNAME`, up), hairpin and VLAN of the port.
+fn make_links(
+    req: &Request,
+    conf: &BridgeConf,
+    ns: &Netns,
+    pod: &Handle,
+    host: &Handle,
+    undo: &mut Undo,
+) -> Result<Links, CniError> {
+    let (bridge, created) = host
+        .bridge_ensure(&BridgeSpec {
+            name: &conf.bridge,
+            mtu: conf.mtu,
+            promisc: conf.promisc_mode,
+            vlan_filtering: conf.vlan != 0,
+        })
+        .map_err(nl)?;
+    if created {
+        undo.bridge_created = Some(bridge.index);
+        // We own the bridge's routes; router advertisements must not add any.
+        let _ = netlink::sysctl_write(&format!("net/ipv6/conf/{}/accept_ra", conf.bridge), "0");
+    }
+
+    let host_name = create_veth(req, conf, ns, pod, host, bridge.index)?;
+    undo.host_veth = Some(host_name.clone());
+    let host_veth = host
+        .link_by_name(&host_name)
+        .map_err(nl)?
+        .ok_or_else(|| CniError::io(format!("host veth {host_name} vanished after creation")))?;
+    if conf.hairpin_mode {
+        host.bridge_port_set_hairpin(host_veth.index, true)
+            .map_err(nl)?;
+    }
+    if conf.vlan != 0 {
+        host.bridge_vlan_add(host_veth.index, conf.vlan, true)
+            .map_err(nl)?;
+    }
+
+    let cont = pod
+        .link_by_name(&req.env.ifname)
+        .map_err(nl)?
+        .ok_or_else(|| {
+            CniError::io(format!(
+                "container interface {} vanished after creation",
+                req.env.ifname
+            ))
+        })?;
+    pod.link_set_up(cont.index).map_err(nl)?;
+    Ok(Links {
+        bridge,
+        host_veth,
+        cont,
+    })
 }
 
 /// Creates the veth pair: host end `veth%08x` on the bridge, peer `CNI_IFNAME` directly
@@ -397,7 +445,7 @@ fn enable_forwarding(key: &str) -> Result<(), CniError> {
 /// Best-effort undo of a failed ADD; errors are logged, the original error is reported.
 fn rollback(req: &Request, conf: &BridgeConf, host: &Handle, undo: &Undo) {
     if undo.nft {
-        if let Err(e) = masq::del(&owner(req, conf)) {
+        if let Err(e) = masq::Session::open().and_then(|mut s| s.del(&owner(req, conf))) {
             tracing::warn!(error = %e, "rollback: removing nftables entries");
         }
     }
@@ -428,31 +476,58 @@ fn rollback(req: &Request, conf: &BridgeConf, host: &Handle, undo: &Undo) {
     }
 }
 
-/// DEL: removes the pod interface (its veth peer goes with it), releases the address,
-/// removes nftables entries. Succeeds when any of these is already gone.
+/// DEL: removes nftables entries, then the pod interface (its veth peer goes with it)
+/// while the address is released. Succeeds when any of these is already gone.
 pub fn del(req: &Request, conf: &BridgeConf) -> Result<(), CniError> {
-    if let Some(path) = &req.env.netns {
-        match Netns::open(path) {
-            Ok(ns) => {
-                let pod = Handle::open_in(&ns).map_err(nl)?;
-                if let Some(l) = pod.link_by_name(&req.env.ifname).map_err(nl)? {
-                    match pod.link_del(l.index) {
-                        Ok(()) => {}
-                        Err(e) if e.is_not_found() => {}
-                        Err(e) => return Err(nl(e)),
-                    }
-                }
-            }
-            // The namespace is gone, and with it both veth ends.
-            Err(NetnsError::NotFound(_)) => {}
-            Err(e) => return Err(CniError::io(format!("opening CNI_NETNS for DEL: {e}"))),
+    // Kept open until the end: see `masq::Session` on why closing it early would wait.
+    let session = if conf.ip_masq || conf.mac_spoof_chk {
+        let mut s = masq::Session::open().map_err(|e| CniError::io(e.to_string()))?;
+        s.del(&owner(req, conf))
+            .map_err(|e| CniError::io(e.to_string()))?;
+        Some(s)
+    } else {
+        None
+    };
+    // Deleting a veth waits for the kernel's RCU barrier (~20 ms); the IPAM exec runs
+    // meanwhile.
+    let (ipam, link) = std::thread::scope(|s| {
+        let ipam = conf
+            .ipam_type
+            .as_ref()
+            .map(|t| s.spawn(move || cni::delegate_del(t, &req.conf.bytes, &req.env)));
+        let link = del_pod_link(req);
+        let ipam = ipam.map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(CniError::io("IPAM delegation thread panicked")))
+        });
+        (ipam, link)
+    });
+    link?;
+    if let Some(r) = ipam {
+        r?;
+    }
+    drop(session);
+    Ok(())
+}
+
+/// Deletes `CNI_IFNAME` in the pod, if the pod and the interface still exist.
+fn del_pod_link(req: &Request) -> Result<(), CniError> {
+    let Some(path) = &req.env.netns else {
+        return Ok(());
+    };
+    let ns = match Netns::open(path) {
+        Ok(ns) => ns,
+        // The namespace is gone, and with it both veth ends.
+        Err(NetnsError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(CniError::io(format!("opening CNI_NETNS for DEL: {e}"))),
+    };
+    let pod = Handle::open_in(&ns).map_err(nl)?;
+    if let Some(l) = pod.link_by_name(&req.env.ifname).map_err(nl)? {
+        match pod.link_del(l.index) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(nl(e)),
         }
-    }
-    if let Some(t) = &conf.ipam_type {
-        cni::delegate_del(t, &req.conf.bytes, &req.env)?;
-    }
-    if conf.ip_masq || conf.mac_spoof_chk {
-        masq::del(&owner(req, conf)).map_err(|e| CniError::io(e.to_string()))?;
     }
     Ok(())
 }
@@ -476,7 +551,9 @@ pub fn gc(req: &Request, conf: &BridgeConf) -> Result<(), CniError> {
         .into_iter()
         .map(|a| (a.container_id, a.ifname))
         .collect();
-    masq::gc(&conf.network, &keep).map_err(|e| CniError::io(e.to_string()))
+    masq::Session::open()
+        .and_then(|mut s| s.gc(&conf.network, &keep))
+        .map_err(|e| CniError::io(e.to_string()))
 }
 
 /// CHECK: the IPAM's check, then the bridge, the pod interface, its host peer on the
