@@ -34,9 +34,12 @@ use crate::store::{
 
 /// Root of every podnet key.
 pub const KEY_ROOT: &str = "/podnet/";
-/// Objects per range request when listing: keeps every response far below
-/// gRPC's 4 MiB message limit even for large objects.
-const LIST_PAGE: i64 = 500;
+/// Objects per range request when listing: few round trips, yet a response
+/// stays far below `MAX_LIST_RESPONSE` even for large objects.
+const LIST_PAGE: i64 = 1000;
+/// Largest list response accepted (gRPC's default of 4 MiB could be hit by
+/// a page of 1000 Nodes with big annotations).
+const MAX_LIST_RESPONSE: usize = 64 << 20;
 /// etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
 
@@ -284,56 +287,83 @@ impl Inner {
         StoreError::Other(format!("{doing} on {}: {e}", self.url))
     }
 
-    /// All keys under `prefix` at one revision, paged.
-    async fn list_prefix(&self, kind: Kind) -> StoreResult<(Vec<KeyValue>, u64)> {
-        let prefix = kind_prefix(kind);
-        let end = prefix_end(prefix.as_bytes());
+    /// All objects of `kind` at one revision, paged. Each page is decoded
+    /// while the next one is being fetched, and only one page of raw bytes
+    /// is held at a time.
+    async fn list_kind(&self, kind: Kind) -> StoreResult<(Vec<StoredObject>, u64)> {
+        let prefix = kind_prefix(kind).into_bytes();
+        let end = prefix_end(&prefix);
         let doing = format!("listing {kind}");
-        let mut kvs: Vec<KeyValue> = Vec::new();
-        let mut from: Vec<u8> = prefix.clone().into_bytes();
-        let mut revision: i64 = 0;
+        let mut objects: Vec<StoredObject> = Vec::new();
+        let mut revision: u64 = 0;
+        let mut resp = self.fetch_page(&doing, prefix.clone(), &end, 0).await;
         loop {
-            let mut opts = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(LIST_PAGE);
-            if revision > 0 {
-                // Later pages are read at the first page's revision: one consistent list.
-                opts = opts.with_revision(revision);
-            }
-            let key = from.clone();
-            let resp = self
-                .call(&doing, Retry::Idempotent, |mut c| {
-                    let key = key.clone();
-                    let opts = opts.clone();
-                    async move { c.get(key, Some(opts)).await }
-                })
-                .await;
-            let mut resp = match resp {
+            let mut page = match resp {
                 Ok(r) => r,
                 // The pinned revision got compacted between pages: start over.
                 Err(StoreError::Other(msg)) if revision > 0 && msg.contains("compacted") => {
                     tracing::info!(%kind, revision, "list revision compacted while paging, relisting");
-                    kvs.clear();
-                    from = prefix.clone().into_bytes();
+                    objects.clear();
                     revision = 0;
+                    resp = self.fetch_page(&doing, prefix.clone(), &end, 0).await;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
             if revision == 0 {
-                revision = header_revision(resp.header()) as i64;
+                // Later pages are read at the first page's revision: one consistent list.
+                revision = header_revision(page.header());
             }
-            let more = resp.more();
-            let page = resp.take_kvs();
-            if let Some(last) = page.last() {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            kvs.extend(page);
-            if !more {
-                return Ok((kvs, revision as u64));
+            let more = page.more();
+            let kvs = page.take_kvs();
+            let decode = async {
+                kvs.iter()
+                    .filter_map(|kv| decode_kv(kind, kv))
+                    .collect::<Vec<_>>()
+            };
+            match kvs.last().filter(|_| more) {
+                Some(last) => {
+                    let mut from = last.key().to_vec();
+                    from.push(0);
+                    // `join!` polls the fetch first, so the request is on its way
+                    // before this task spends its time decoding.
+                    let (next, decoded) =
+                        tokio::join!(self.fetch_page(&doing, from, &end, revision), decode);
+                    objects.extend(decoded);
+                    resp = next;
+                }
+                None => {
+                    objects.extend(decode.await);
+                    return Ok((objects, revision));
+                }
             }
         }
+    }
+
+    /// One range request of a list: up to `LIST_PAGE` keys from `from` to `end`.
+    async fn fetch_page(
+        &self,
+        doing: &str,
+        from: Vec<u8>,
+        end: &[u8],
+        revision: u64,
+    ) -> StoreResult<etcd_client::GetResponse> {
+        let mut opts = GetOptions::new()
+            .with_range(end.to_vec())
+            .with_limit(LIST_PAGE);
+        if revision > 0 {
+            opts = opts.with_revision(revision as i64);
+        }
+        self.call(doing, Retry::Idempotent, |c| {
+            let (from, opts) = (from.clone(), opts.clone());
+            async move {
+                c.kv_client()
+                    .max_decoding_message_size(MAX_LIST_RESPONSE)
+                    .get(from, Some(opts))
+                    .await
+            }
+        })
+        .await
     }
 }
 
@@ -383,9 +413,7 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, kind: Kind) -> StoreResult<(Vec<StoredObject>, u64)> {
-        let (kvs, revision) = self.inner.list_prefix(kind).await?;
-        let objects = kvs.iter().filter_map(|kv| decode_kv(kind, kv)).collect();
-        Ok((objects, revision))
+        self.inner.list_kind(kind).await
     }
 
     async fn watch(&self, kind: Kind, after_revision: u64) -> StoreResult<WatchStream> {
@@ -851,6 +879,11 @@ mod tests {
             e => panic!("expected Unreachable, got {e:?}"),
         }
         assert!(err.to_string().contains("etcd://127.0.0.1:1"));
+        if let StoreError::Unreachable { source, .. } = &err {
+            // `classify` relies on how tonic words a refused connection.
+            let msg = format!("{source:?}");
+            assert_eq!(classify_message(&msg), Failure::Refused, "{msg}");
+        }
     }
 
     #[tokio::test]
