@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use podnet_state::{open_store, Informer, Kind, Snapshot, StoreError};
+use podnet_state::{open_store, Change, Informer, Kind, Snapshot, StoreError};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::Settings;
@@ -76,7 +76,7 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
             }
             return Ok(());
         }
-        let report = tokio::task::block_in_place(|| proxier.sync(&first.snapshot))?;
+        let report = tokio::task::block_in_place(|| proxier.sync(&first.snapshot, None))?;
         println!("{report}");
         return Ok(());
     }
@@ -95,6 +95,9 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
 
     let mut latest: Option<Arc<Snapshot>> = None;
     let mut dirty = false;
+    // Keys changed since the last successful sync; None = replace everything.
+    let mut pending: Option<Vec<Change>> = None;
+    let mut have_synced = false;
     let mut not_before = Instant::now();
     loop {
         let wait = tokio::time::sleep_until(not_before.into());
@@ -102,6 +105,14 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
             cs = sub.next() => match cs {
                 Some(cs) => {
                     latest = Some(cs.snapshot);
+                    pending = match pending.take() {
+                        Some(mut p) if have_synced && !cs.full_resync => {
+                            p.extend(cs.changes);
+                            Some(p)
+                        }
+                        None if have_synced && !cs.full_resync && !dirty => Some(cs.changes),
+                        _ => None,
+                    };
                     dirty = true;
                     health.changed();
                 }
@@ -109,15 +120,19 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
             },
             _ = wait, if dirty => {
                 let Some(snap) = latest.clone() else { continue };
-                match tokio::task::block_in_place(|| proxier.sync(&snap)) {
+                let changes = pending.take();
+                match tokio::task::block_in_place(|| proxier.sync(&snap, changes.as_deref())) {
                     Ok(report) => {
                         dirty = false;
+                        have_synced = true;
+                        pending = None;
                         health.synced();
                         tracing::info!("{report}");
                         not_before = Instant::now() + s.min_sync_period;
                         hc.sync(proxier.health_checks()).await;
                     }
                     Err(e) => {
+                        // `pending` stays None: the retry is a full sync.
                         tracing::error!("sync failed, retrying with a full sync in {RETRY_AFTER:?}: {e}");
                         not_before = Instant::now() + RETRY_AFTER.max(s.min_sync_period);
                     }

@@ -18,7 +18,6 @@ pub struct Metrics {
     pub services: Gauge,
     pub endpoints: Gauge,
     pub elements: Gauge,
-    pub rules: Gauge,
     pub skipped_objects: Gauge,
     pub conntrack_deleted: Counter,
 }
@@ -43,7 +42,6 @@ impl Metrics {
             services: Gauge::default(),
             endpoints: Gauge::default(),
             elements: Gauge::default(),
-            rules: Gauge::default(),
             skipped_objects: Gauge::default(),
             conntrack_deleted: Counter::default(),
         };
@@ -82,7 +80,6 @@ impl Metrics {
             "Set and map elements installed",
             m.elements.clone(),
         );
-        registry.register("rules", "Rules installed", m.rules.clone());
         registry.register(
             "skipped_objects",
             "Invalid objects or ports left out of the last sync",

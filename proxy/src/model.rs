@@ -239,6 +239,19 @@ impl Model {
         model
     }
 
+    /// The model of one service alone (its ports in both families, health
+    /// check, skipped parts), for incremental updates.
+    pub fn for_service(
+        name: &NamespacedName,
+        svc: &Service,
+        slices: &[&EndpointSlice],
+        cfg: &ModelConfig,
+    ) -> Model {
+        let mut m = Model::default();
+        m.add_service(name, svc, Some(slices), cfg);
+        m
+    }
+
     fn add_service(
         &mut self,
         name: &NamespacedName,
@@ -452,7 +465,7 @@ fn valid_port(p: i32) -> Option<u16> {
     u16::try_from(p).ok().filter(|p| *p != 0)
 }
 
-fn slices_by_service(snapshot: &Snapshot) -> BTreeMap<NamespacedName, Vec<&EndpointSlice>> {
+pub fn slices_by_service(snapshot: &Snapshot) -> BTreeMap<NamespacedName, Vec<&EndpointSlice>> {
     let mut out: BTreeMap<NamespacedName, Vec<&EndpointSlice>> = BTreeMap::new();
     for (key, slice) in &snapshot.endpoint_slices {
         let Some(svc) = slice

@@ -285,8 +285,8 @@ pub const MASQUERADING: &str = "masquerading";
 pub const HAIRPIN: &str = "hairpin-endpoints";
 
 /// Traffic classes of the shared `pick-*` chains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Class {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Class {
     /// To a ClusterIP: masquerade only traffic from outside the pod network.
     Cluster,
     /// To an externalIP / LB IP: always masquerade (the endpoint may be remote).
@@ -377,10 +377,40 @@ pub fn endpoint_base(n: &ServicePortName, ep: &Endpoint) -> String {
     ))
 }
 
+/// Elements of the shared sets and maps, by set name.
+pub type Elements = BTreeMap<String, BTreeMap<Vec<Value>, Option<ElemData>>>;
+
+/// What one service port contributes to its family's table. A table is the
+/// skeleton plus the union of its fragments; partial syncs diff fragments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fragment {
+    /// Elements of the shared maps (`service-ips`, `service-endpoints`, ...).
+    pub elements: Elements,
+    /// Own chains (kube-proxy style per-service-port and endpoint chains).
+    pub chains: BTreeMap<String, Chain>,
+    /// Own sets (affinity).
+    pub sets: BTreeMap<String, Set>,
+    /// Shared `pick-*` chains this service port jumps to.
+    pub picks: BTreeSet<Pick>,
+    /// Endpoint addresses that need hairpin masquerade.
+    pub hairpins: BTreeSet<IpAddr>,
+}
+
+impl Fragment {
+    pub fn element_count(&self) -> usize {
+        self.elements.values().map(BTreeMap::len).sum()
+    }
+}
+
+/// A shared pick chain: traffic class and endpoint count.
+pub type Pick = (Class, usize);
+
 struct Builder<'a> {
     cfg: &'a PlanConfig,
     plan: TablePlan,
-    picks: BTreeSet<(Class, usize)>,
+    elems: Elements,
+    picks: BTreeSet<Pick>,
+    hairpins: BTreeSet<IpAddr>,
 }
 
 impl Builder<'_> {
@@ -404,34 +434,18 @@ impl Builder<'_> {
         });
     }
     fn elem(&mut self, set: &str, key: Vec<Value>, data: Option<ElemData>) {
-        self.plan
-            .sets
-            .get_mut(set)
-            .unwrap_or_else(|| panic!("set {set} is declared before use"))
-            .elements
-            .insert(key, data);
+        match self.elems.get_mut(set) {
+            Some(m) => {
+                m.insert(key, data);
+            }
+            None => {
+                self.elems
+                    .insert(set.to_string(), BTreeMap::from([(key, data)]));
+            }
+        }
     }
     fn family(&self) -> Family {
         self.cfg.family
-    }
-
-    /// `ip saddr != CIDR jump mark-for-masquerade` (or unconditional with
-    /// --masquerade-all); None when neither applies.
-    fn masq_non_cluster(&self, mut prefix: Vec<Stmt>) -> Option<Rule> {
-        if self.cfg.masquerade_all {
-            prefix.push(Stmt::Verdict(Verdict::Jump(MARK_MASQ.into())));
-            return Some(Rule::with_comment(prefix, "masquerade all service traffic"));
-        }
-        let cidr = self.cfg.cluster_cidr?;
-        prefix.push(Stmt::Saddr {
-            net: cidr,
-            negate: true,
-        });
-        prefix.push(Stmt::Verdict(Verdict::Jump(MARK_MASQ.into())));
-        Some(Rule::with_comment(
-            prefix,
-            "masquerade traffic from outside the pod network",
-        ))
     }
 
     /// Rules that steer NodePort traffic (`fib daddr type local`, restricted
@@ -762,9 +776,8 @@ impl Builder<'_> {
         if self.cfg.layout != Layout::Podnet {
             return;
         }
-        for ep in &sp.maybe_local_endpoints {
-            self.elem(HAIRPIN, vec![Value::Ip(ep.ip), Value::Ip(ep.ip)], None);
-        }
+        self.hairpins
+            .extend(sp.maybe_local_endpoints.iter().map(|ep| ep.ip));
     }
 
     fn endpoint_elems(&mut self, map: &str, key: Vec<Value>, eps: &[Endpoint]) {
@@ -779,51 +792,6 @@ impl Builder<'_> {
                     Value::Port(ep.port),
                 ])),
             );
-        }
-    }
-
-    fn pick_chains(&mut self) {
-        let vip = vec![KeyExpr::Daddr, KeyExpr::L4proto, KeyExpr::ThDport];
-        let np = vec![KeyExpr::L4proto, KeyExpr::ThDport];
-        for (class, n) in std::mem::take(&mut self.picks) {
-            let name = class.chain(n);
-            let (what, masq, key, map) = match class {
-                Class::Cluster => (
-                    "ClusterIP",
-                    self.masq_non_cluster(Vec::new()),
-                    &vip,
-                    SERVICE_ENDPOINTS,
-                ),
-                Class::External => (
-                    "externalIP/LoadBalancer",
-                    Some(Rule::new(vec![Stmt::Verdict(Verdict::Jump(
-                        MARK_MASQ.into(),
-                    ))])),
-                    &vip,
-                    SERVICE_ENDPOINTS,
-                ),
-                Class::NodePort => (
-                    "NodePort",
-                    Some(Rule::new(vec![Stmt::Verdict(Verdict::Jump(
-                        MARK_MASQ.into(),
-                    ))])),
-                    &np,
-                    NODEPORT_ENDPOINTS,
-                ),
-            };
-            let mut key = key.clone();
-            key.push(KeyExpr::Numgen(n as u32));
-            let chain = self.chain(
-                &name,
-                Some(format!(
-                    "{what} traffic to a service port with {n} endpoint(s): pick one at random"
-                )),
-            );
-            chain.rules.extend(masq);
-            chain.rules.push(Rule::new(vec![Stmt::DnatMap {
-                key,
-                map: map.into(),
-            }]));
         }
     }
 
@@ -946,7 +914,7 @@ impl Builder<'_> {
                         port: sp.port,
                     },
                 ];
-                rules.extend(b.masq_non_cluster(prefix));
+                rules.extend(masq_non_cluster(b.cfg, prefix));
             }
             if sp.affinity_timeout.is_some() {
                 for ep in eps {
@@ -1038,9 +1006,65 @@ impl Builder<'_> {
     }
 }
 
-/// Builds one family's table for the given service ports.
-pub fn build<'a>(cfg: &PlanConfig, ports: impl IntoIterator<Item = &'a ServicePort>) -> TablePlan {
-    let mut b = Builder {
+/// `ip saddr != CIDR jump mark-for-masquerade` (or unconditional with
+/// --masquerade-all); None when neither applies.
+fn masq_non_cluster(cfg: &PlanConfig, mut prefix: Vec<Stmt>) -> Option<Rule> {
+    if cfg.masquerade_all {
+        prefix.push(Stmt::Verdict(Verdict::Jump(MARK_MASQ.into())));
+        return Some(Rule::with_comment(prefix, "masquerade all service traffic"));
+    }
+    let cidr = cfg.cluster_cidr?;
+    prefix.push(Stmt::Saddr {
+        net: cidr,
+        negate: true,
+    });
+    prefix.push(Stmt::Verdict(Verdict::Jump(MARK_MASQ.into())));
+    Some(Rule::with_comment(
+        prefix,
+        "masquerade traffic from outside the pod network",
+    ))
+}
+
+/// The shared chain for `pick`: masquerade as the class needs, then DNAT
+/// through the endpoint map with `numgen random mod N`.
+pub fn pick_chain(cfg: &PlanConfig, (class, n): Pick) -> (String, Chain) {
+    let vip = vec![KeyExpr::Daddr, KeyExpr::L4proto, KeyExpr::ThDport];
+    let np = vec![KeyExpr::L4proto, KeyExpr::ThDport];
+    let always = || {
+        Some(Rule::new(vec![Stmt::Verdict(Verdict::Jump(
+            MARK_MASQ.into(),
+        ))]))
+    };
+    let (what, masq, mut key, map) = match class {
+        Class::Cluster => (
+            "ClusterIP",
+            masq_non_cluster(cfg, Vec::new()),
+            vip,
+            SERVICE_ENDPOINTS,
+        ),
+        Class::External => ("externalIP/LoadBalancer", always(), vip, SERVICE_ENDPOINTS),
+        Class::NodePort => ("NodePort", always(), np, NODEPORT_ENDPOINTS),
+    };
+    key.push(KeyExpr::Numgen(n as u32));
+    let mut rules: Vec<Rule> = masq.into_iter().collect();
+    rules.push(Rule::new(vec![Stmt::DnatMap {
+        key,
+        map: map.into(),
+    }]));
+    (
+        class.chain(n),
+        Chain {
+            base: None,
+            comment: Some(format!(
+                "{what} traffic to a service port with {n} endpoint(s): pick one at random"
+            )),
+            rules,
+        },
+    )
+}
+
+fn new_builder(cfg: &PlanConfig) -> Builder<'_> {
+    Builder {
         cfg,
         plan: TablePlan {
             family: cfg.family,
@@ -1049,16 +1073,83 @@ pub fn build<'a>(cfg: &PlanConfig, ports: impl IntoIterator<Item = &'a ServicePo
             chains: BTreeMap::new(),
             sets: BTreeMap::new(),
         },
+        elems: BTreeMap::new(),
         picks: BTreeSet::new(),
-    };
+        hairpins: BTreeSet::new(),
+    }
+}
+
+/// The fixed part of a table: base chains, dispatch and masquerade chains,
+/// and the shared sets and maps (empty).
+pub fn skeleton(cfg: &PlanConfig) -> TablePlan {
+    let mut b = new_builder(cfg);
     b.skeleton();
-    for sp in ports {
-        if Family::of(&sp.cluster_ip) == cfg.family {
-            b.service_port(sp);
+    b.plan
+}
+
+/// What `sp` adds to the table of `cfg.family`.
+pub fn fragment(cfg: &PlanConfig, sp: &ServicePort) -> Fragment {
+    let mut b = new_builder(cfg);
+    if Family::of(&sp.cluster_ip) == cfg.family {
+        b.service_port(sp);
+    }
+    Fragment {
+        elements: b.elems,
+        chains: b.plan.chains,
+        sets: b.plan.sets,
+        picks: b.picks,
+        hairpins: b.hairpins,
+    }
+}
+
+/// Adds fragments, the pick chains they use and their hairpin elements to
+/// `plan` (a skeleton, or just the shared set definitions for a partial
+/// update; then `picks`/`hairpins` say which shared objects to include).
+pub fn merge<'a>(
+    cfg: &PlanConfig,
+    plan: &mut TablePlan,
+    frags: impl IntoIterator<Item = &'a Fragment>,
+    picks: Option<&BTreeSet<Pick>>,
+    hairpins: Option<&BTreeSet<IpAddr>>,
+) {
+    let mut all_picks = BTreeSet::new();
+    let mut all_hairpins = BTreeSet::new();
+    for f in frags {
+        for (set, elems) in &f.elements {
+            if let Some(s) = plan.sets.get_mut(set) {
+                s.elements
+                    .extend(elems.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        plan.chains
+            .extend(f.chains.iter().map(|(k, v)| (k.clone(), v.clone())));
+        plan.sets
+            .extend(f.sets.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if picks.is_none() {
+            all_picks.extend(f.picks.iter().copied());
+        }
+        if hairpins.is_none() {
+            all_hairpins.extend(f.hairpins.iter().copied());
         }
     }
-    b.pick_chains();
-    b.plan
+    for p in picks.unwrap_or(&all_picks) {
+        let (name, chain) = pick_chain(cfg, *p);
+        plan.chains.insert(name, chain);
+    }
+    if let Some(h) = plan.sets.get_mut(HAIRPIN) {
+        for ip in hairpins.unwrap_or(&all_hairpins) {
+            h.elements
+                .insert(vec![Value::Ip(*ip), Value::Ip(*ip)], None);
+        }
+    }
+}
+
+/// Builds one family's table for the given service ports.
+pub fn build<'a>(cfg: &PlanConfig, ports: impl IntoIterator<Item = &'a ServicePort>) -> TablePlan {
+    let frags: Vec<Fragment> = ports.into_iter().map(|sp| fragment(cfg, sp)).collect();
+    let mut plan = skeleton(cfg);
+    merge(cfg, &mut plan, &frags, None, None);
+    plan
 }
 
 #[cfg(test)]

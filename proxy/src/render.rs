@@ -5,6 +5,7 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use crate::diff::{Diff, Op};
 use crate::model::Family;
 use crate::plan::{
     ChainType, ElemData, FieldType, KeyExpr, Rule, Set, SetData, Stmt, TablePlan, Value, Verdict,
@@ -145,7 +146,16 @@ pub fn rule(f: Family, r: &Rule) -> String {
 }
 
 fn set(out: &mut String, f: Family, name: &str, s: &Set) {
-    let d = &s.def;
+    set_def(out, f, name, &s.def, &s.elements);
+}
+
+fn set_def(
+    out: &mut String,
+    f: Family,
+    name: &str,
+    d: &crate::plan::SetDef,
+    elements: &std::collections::BTreeMap<Vec<Value>, Option<ElemData>>,
+) {
     let kind = if d.data.is_some() { "map" } else { "set" };
     let _ = writeln!(out, "\t{kind} {name} {{");
     // A numgen index has no named type: describe such keys by `typeof`.
@@ -193,9 +203,9 @@ fn set(out: &mut String, f: Family, name: &str, s: &Set) {
         let _ = writeln!(out, "\t\ttimeout {t}s");
     }
     let _ = writeln!(out, "\t\tcomment \"{}\"", d.comment);
-    if !s.elements.is_empty() {
+    if !elements.is_empty() {
         let _ = writeln!(out, "\t\telements = {{");
-        for (k, v) in &s.elements {
+        for (k, v) in elements {
             let v = match v {
                 Some(ElemData::Verdict(v)) => format!(" : {}", verdict(v)),
                 Some(ElemData::Values(v)) => format!(" : {}", values(v)),
@@ -244,5 +254,84 @@ pub fn table(p: &TablePlan) -> String {
         set(&mut out, f, name, s);
     }
     let _ = writeln!(out, "}}");
+    out
+}
+
+fn elem(k: &[Value], v: Option<&Option<ElemData>>) -> String {
+    match v {
+        Some(Some(ElemData::Verdict(v))) => format!("{} : {}", values(k), verdict(v)),
+        Some(Some(ElemData::Values(v))) => format!("{} : {}", values(k), values(v)),
+        _ => values(k),
+    }
+}
+
+/// A diff as an `nft -f` script (one transaction when loaded): how
+/// kube-proxy's nftables mode would send the same change. Used by the
+/// comparison benchmark.
+pub fn diff_script(f: Family, d: &Diff, comment: &str) -> String {
+    let fam = f.nft();
+    let mut out = String::new();
+    let empty = std::collections::BTreeMap::new();
+    for op in &d.ops {
+        match op {
+            Op::AddTable => {
+                let _ = writeln!(out, "add table {fam} {TABLE} {{ comment \"{comment}\"; }}");
+            }
+            Op::DeleteTable => {
+                let _ = writeln!(out, "delete table {fam} {TABLE}");
+            }
+            Op::AddSet(name, def) => {
+                let _ = writeln!(out, "table {fam} {TABLE} {{");
+                set_def(&mut out, f, name, def, &empty);
+                let _ = writeln!(out, "}}");
+            }
+            Op::AddChain(name, c) => {
+                let _ = writeln!(out, "table {fam} {TABLE} {{\n\tchain {name} {{");
+                if let Some(b) = &c.base {
+                    let ty = match b.ty {
+                        ChainType::Filter => "filter",
+                        ChainType::Nat => "nat",
+                    };
+                    let _ = writeln!(
+                        out,
+                        "\t\ttype {ty} hook {} priority {}; policy accept;",
+                        b.hook.name(),
+                        b.priority
+                    );
+                }
+                let _ = writeln!(out, "\t}}\n}}");
+            }
+            Op::DeleteElements(set, keys) => {
+                let list: Vec<String> = keys.iter().map(|k| values(k)).collect();
+                let _ = writeln!(
+                    out,
+                    "delete element {fam} {TABLE} {set} {{ {} }}",
+                    list.join(", ")
+                );
+            }
+            Op::FlushChain(name) => {
+                let _ = writeln!(out, "flush chain {fam} {TABLE} {name}");
+            }
+            Op::AddRules(name, c) => {
+                for r in &c.rules {
+                    let _ = writeln!(out, "add rule {fam} {TABLE} {name} {}", rule(f, r));
+                }
+            }
+            Op::AddElements(set, elems) => {
+                let list: Vec<String> = elems.iter().map(|(k, v)| elem(k, Some(*v))).collect();
+                let _ = writeln!(
+                    out,
+                    "add element {fam} {TABLE} {set} {{ {} }}",
+                    list.join(", ")
+                );
+            }
+            Op::DeleteChain(name) => {
+                let _ = writeln!(out, "delete chain {fam} {TABLE} {name}");
+            }
+            Op::DeleteSet(name) => {
+                let _ = writeln!(out, "delete set {fam} {TABLE} {name}");
+            }
+        }
+    }
     out
 }

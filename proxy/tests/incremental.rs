@@ -1,0 +1,172 @@
+//! Partial syncs end in exactly the ruleset a full sync of the same state
+//! programs (compared as normalized `nft -j list table` output).
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use netns_fixtures::Netns;
+use podnet_proxy::metrics::Metrics;
+use podnet_proxy::plan::Layout;
+use podnet_proxy::sync::{Proxier, ProxyConfig};
+use podnet_state::{Change, ChangeType, Kind, NamespacedName, ObjectKey, Snapshot};
+use serde_json::{json, Value};
+
+fn cfg() -> ProxyConfig {
+    ProxyConfig {
+        node_name: "node-a".into(),
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        service_cidrs: vec![],
+        nodeport_addresses: vec![],
+        masquerade_all: false,
+        layout: Layout::Podnet,
+    }
+}
+
+fn svc(name: &str, ip: &str, port: u16, extra: Value) -> Service {
+    let mut v = json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"clusterIP": ip, "clusterIPs": [ip], "type": "NodePort",
+                 "ports": [{"name": "p", "port": port, "protocol": "TCP", "nodePort": 30000 + port}]}
+    });
+    if let (Some(spec), Some(extra)) = (v["spec"].as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+fn slice(svc: &str, eps: &[(&str, &str)]) -> EndpointSlice {
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("{svc}-1"), "namespace": "default", "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "ports": [{"name": "p", "port": 8080, "protocol": "TCP"}],
+        "endpoints": eps.iter().map(|(ip, node)| json!({"addresses": [ip], "nodeName": node})).collect::<Vec<_>>()
+    }))
+    .unwrap()
+}
+
+/// `nft -j list table ip podnet` without handles, with every list sorted.
+fn normalized(ns: &Netns) -> Value {
+    fn norm(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.remove("handle");
+                for x in m.values_mut() {
+                    norm(x);
+                }
+            }
+            Value::Array(a) => {
+                for x in a.iter_mut() {
+                    norm(x);
+                }
+                a.sort_by_key(|x| x.to_string());
+            }
+            _ => {}
+        }
+    }
+    let out = ns.sh("nft -j list table ip podnet").unwrap();
+    let mut v: Value = serde_json::from_str(&out).unwrap();
+    norm(&mut v);
+    v
+}
+
+#[test]
+fn partial_syncs_match_a_full_sync() {
+    netns_fixtures::skip_unless_root!();
+    let inc = Netns::new("pxi").unwrap();
+    let fresh = Netns::new("pxf").unwrap();
+    let mut p = inc
+        .enter(|| Proxier::new(cfg(), Arc::new(Metrics::new())).unwrap())
+        .unwrap();
+    let mut snap = Snapshot {
+        synced: true,
+        ..Default::default()
+    };
+    let key = |k: Kind, n: &str| ObjectKey::new(k, Some("default"), n);
+    let nn = |n: &str| NamespacedName::new("default", n);
+    snap.services
+        .insert(nn("a"), Arc::new(svc("a", "10.96.0.1", 80, json!({}))));
+    snap.endpoint_slices.insert(
+        nn("a-1"),
+        Arc::new(slice(
+            "a",
+            &[("10.244.0.2", "node-a"), ("10.244.1.2", "node-b")],
+        )),
+    );
+    let r = inc.enter(|| p.sync(&snap, None).unwrap()).unwrap();
+    assert!(r.full);
+
+    let sticky = json!({"sessionAffinity": "ClientIP", "externalTrafficPolicy": "Local"});
+    type Step = Box<dyn Fn(&mut Snapshot) -> Vec<(Kind, &'static str)>>;
+    let steps: Vec<Step> = vec![
+        // new service b sharing pod-a (hairpin element refcounted)
+        Box::new(move |s| {
+            s.services
+                .insert(nn("b"), Arc::new(svc("b", "10.96.0.2", 81, json!({}))));
+            s.endpoint_slices
+                .insert(nn("b-1"), Arc::new(slice("b", &[("10.244.0.2", "node-a")])));
+            vec![(Kind::Service, "b"), (Kind::EndpointSlice, "b-1")]
+        }),
+        // a loses an endpoint (moves to pick-*-1, pick-*-2 goes away)
+        Box::new(move |s| {
+            s.endpoint_slices
+                .insert(nn("a-1"), Arc::new(slice("a", &[("10.244.1.2", "node-b")])));
+            vec![(Kind::EndpointSlice, "a-1")]
+        }),
+        // b becomes sticky + Local (per-service chains, affinity sets)
+        Box::new(move |s| {
+            s.services
+                .insert(nn("b"), Arc::new(svc("b", "10.96.0.2", 81, sticky.clone())));
+            vec![(Kind::Service, "b")]
+        }),
+        // b's endpoints change while sticky
+        Box::new(move |s| {
+            s.endpoint_slices.insert(
+                nn("b-1"),
+                Arc::new(slice(
+                    "b",
+                    &[("10.244.0.3", "node-a"), ("10.244.1.3", "node-b")],
+                )),
+            );
+            vec![(Kind::EndpointSlice, "b-1")]
+        }),
+        // a's slice deleted: a has no endpoints (reject)
+        Box::new(move |s| {
+            s.endpoint_slices.remove(&nn("a-1"));
+            vec![(Kind::EndpointSlice, "a-1")]
+        }),
+        // b deleted entirely
+        Box::new(move |s| {
+            s.services.remove(&nn("b"));
+            s.endpoint_slices.remove(&nn("b-1"));
+            vec![(Kind::Service, "b"), (Kind::EndpointSlice, "b-1")]
+        }),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let changed: Vec<Change> = step(&mut snap)
+            .into_iter()
+            .map(|(k, n)| Change {
+                key: key(k, n),
+                change: ChangeType::Modified,
+            })
+            .collect();
+        let r = inc
+            .enter(|| p.sync(&snap, Some(&changed)).unwrap())
+            .unwrap();
+        assert!(!r.full, "step {i} was not partial");
+        let full = fresh
+            .enter(|| {
+                Proxier::new(cfg(), Arc::new(Metrics::new()))
+                    .unwrap()
+                    .sync(&snap, None)
+                    .unwrap()
+            })
+            .unwrap();
+        assert_eq!(normalized(&inc), normalized(&fresh), "after step {i}");
+        assert_eq!(
+            (r.elements, r.service_ports, r.endpoints),
+            (full.elements, full.service_ports, full.endpoints),
+            "counts after step {i}"
+        );
+    }
+}
