@@ -739,3 +739,47 @@ fn misc_expressions_match_nft() {
         ],
     );
 }
+
+#[test]
+fn concat_interval_set_matches_nft() {
+    netns_fixtures::skip_unless_root!();
+    let (f, t) = (Family::Ip, "pciv");
+    let mut b = Batch::new();
+    b.add_table(&Table::new(f, t));
+    b.add_chain(&Chain::new(f, t, "c")).unwrap();
+    b.add_set(
+        &Set::new(f, t, "np", [DataType::Ipv4Addr, DataType::InetService]).flags(SetFlags {
+            interval: true,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    let one = [ip4("192.168.1.1"), Val::Port(80)];
+    b.add_elements(
+        f,
+        t,
+        "np",
+        &[
+            SetElem::new(&[ip4("10.0.0.0"), Val::Port(30000)])
+                .key_end(&[ip4("10.255.255.255"), Val::Port(32767)]),
+            SetElem::new(&one).key_end(&one),
+        ],
+    )
+    .unwrap();
+    b.add_rule(
+        &Rule::new(f, t, "c")
+            .lookup(
+                &[Field::IpDaddr, Field::ThDport],
+                SetRef::named("np"),
+                false,
+            )
+            .unwrap()
+            .accept(),
+    )
+    .unwrap();
+    check(
+        "concat_interval.nft",
+        &b,
+        &["10.0.0.0/8 . 30000-32767", "ip daddr . th dport @np accept"],
+    );
+}

@@ -374,3 +374,91 @@ fn dumps_report_chains_sets_and_timeouts() {
         assert!(n.list_rules(F, T, None).unwrap().is_empty());
     });
 }
+
+/// The example from README.md, applied for real.
+#[test]
+fn readme_example_applies() {
+    netns_fixtures::skip_unless_root!();
+    let build = || -> std::result::Result<Batch, Box<dyn std::error::Error>> {
+        let (f, t) = (Family::Ip, "podnet");
+        let mut b = Batch::new();
+        b.add_table(&Table::new(f, t).comment("podnet service proxy"));
+        b.add_chain(&Chain::new(f, t, "svc-web"))?;
+        b.add_chain(&Chain::new(f, t, "ep-a"))?;
+        b.add_chain(&Chain::new(f, t, "ep-b"))?;
+        b.add_chain(&Chain::new(f, t, "services").base(
+            ChainType::Nat,
+            HookPoint::Prerouting,
+            priority::DSTNAT,
+            Policy::Accept,
+        ))?;
+        b.add_chain(&Chain::new(f, t, "postrouting").base(
+            ChainType::Nat,
+            HookPoint::Postrouting,
+            priority::SRCNAT,
+            Policy::Accept,
+        ))?;
+        b.add_set(
+            &Set::new(
+                f,
+                t,
+                "service-ips",
+                [
+                    DataType::Ipv4Addr,
+                    DataType::InetProto,
+                    DataType::InetService,
+                ],
+            )
+            .map(DataType::Verdict)
+            .comment("ClusterIP, external IP and LB IP services"),
+        )?;
+        b.add_elements(
+            f,
+            t,
+            "service-ips",
+            &[SetElem::new(&[
+                Val::Ipv4(Ipv4Addr::new(10, 96, 0, 10)),
+                Val::Proto(6),
+                Val::Port(80),
+            ])
+            .verdict(Verdict::Goto("svc-web".into()))],
+        )?;
+        b.add_rule(&Rule::new(f, t, "services").vmap(
+            &[Field::IpDaddr, Field::L4Proto, Field::ThDport],
+            SetRef::named("service-ips"),
+        )?)?;
+        let eps = b.add_anonymous_set(
+            &Set::anonymous(f, t, DataType::Integer32).map(DataType::Verdict),
+            &[
+                SetElem::new(&[Val::U32(0)]).verdict(Verdict::Goto("ep-a".into())),
+                SetElem::new(&[Val::U32(1)]).verdict(Verdict::Goto("ep-b".into())),
+            ],
+        )?;
+        b.add_rule(&Rule::new(f, t, "svc-web").numgen_vmap(NumgenKind::Random, 2, eps))?;
+        b.add_rule(
+            &Rule::new(f, t, "ep-a")
+                .eq(Field::L4Proto, Val::Proto(6))
+                .dnat("10.1.0.5".parse()?, Some(8080)),
+        )?;
+        b.add_rule(
+            &Rule::new(f, t, "postrouting")
+                .any_bits(Field::Mark, 0x4000)
+                .masquerade(nat_flags::FULLY_RANDOM)
+                .comment("masquerade marked traffic"),
+        )?;
+        Ok(b)
+    };
+    let b = build().unwrap();
+    let (ns, r) = in_netns(|n| n.apply(&b));
+    r.unwrap();
+    let text = ns.sh("nft list table ip podnet").unwrap();
+    for want in [
+        "ip daddr . meta l4proto . th dport vmap @service-ips",
+        "10.96.0.10 . tcp . 80 : goto svc-web",
+        "numgen random mod 2 vmap { 0 : goto ep-a, 1 : goto ep-b }",
+        "dnat to 10.1.0.5:8080",
+        "meta mark & 0x00004000 != 0x00000000 masquerade fully-random comment \"masquerade marked traffic\"",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}
