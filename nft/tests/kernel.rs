@@ -462,3 +462,42 @@ fn readme_example_applies() {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
 }
+
+#[test]
+fn map_element_retargeting_needs_delete_and_add_in_one_batch() {
+    netns_fixtures::skip_unless_root!();
+    let (_ns, (conflict, listed, create_again)) = in_netns(|n| {
+        let mut b = base_batch();
+        b.add_set(&svc_map("svc")).unwrap();
+        b.add_elements(F, T, "svc", &[svc_elem(1, "a")]).unwrap();
+        n.apply(&b).unwrap();
+        // Re-adding the same element is idempotent.
+        let mut b = Batch::new();
+        b.add_table(&Table::new(F, T));
+        b.add_elements(F, T, "svc", &[svc_elem(1, "a")]).unwrap();
+        n.apply(&b).unwrap();
+        // Same key, other verdict: rejected as long as the old one exists.
+        let mut b = Batch::new();
+        b.add_elements(F, T, "svc", &[svc_elem(1, "b")]).unwrap();
+        let conflict = n.apply(&b);
+        // Delete + add in one transaction retargets atomically.
+        let mut b = Batch::new();
+        b.delete_elements(F, T, "svc", &[svc_elem(1, "a")]).unwrap();
+        b.add_elements(F, T, "svc", &[svc_elem(1, "b")]).unwrap();
+        n.apply(&b).unwrap();
+        let listed = n.list_elements(F, T, "svc").unwrap();
+        let mut b = Batch::new();
+        b.create_table(&Table::new(F, T));
+        (conflict, listed, n.apply(&b))
+    });
+    let e = conflict.unwrap_err();
+    assert!(e.to_string().contains("add element ip podnet svc"), "{e}");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].data,
+        Some(ElemData::Verdict(Verdict::Goto("b".into())))
+    );
+    let e = create_again.unwrap_err();
+    assert_eq!(e.errno(), Some(17), "{e}"); // EEXIST
+    assert!(e.to_string().contains("create table ip podnet"), "{e}");
+}
