@@ -96,12 +96,10 @@ struct Underlay {
 /// data path in place so pods keep talking while the agent is away).
 pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     tokio::pin!(shutdown);
-    let store = open_store(&opts.store)
-        .await
-        .map_err(|source| AgentError::Store {
-            url: opts.store.clone(),
-            source,
-        })?;
+    let store = tokio::select! {
+        s = open_store_retrying(&opts.store) => s?,
+        _ = &mut shutdown => return Ok(()),
+    };
     let cfg = tokio::select! {
         c = wait_for_config(&*store, opts.config_timeout) => c?,
         _ = &mut shutdown => return Ok(()),
@@ -241,6 +239,28 @@ async fn reconcile<'a>(
         took_ms = started.elapsed().as_millis() as u64,
         "reconciled"
     );
+}
+
+/// Opens the store, retrying with backoff while it is unreachable (an etcd
+/// that starts after the agent); other errors (a bad URL) are final.
+async fn open_store_retrying(url: &str) -> Result<Arc<dyn Store>, AgentError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match open_store(url).await {
+            Ok(s) => return Ok(s),
+            Err(e @ StoreError::Unreachable { .. }) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "store unreachable");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(source) => {
+                return Err(AgentError::Store {
+                    url: url.to_string(),
+                    source,
+                })
+            }
+        }
+    }
 }
 
 async fn wait_for_config(
