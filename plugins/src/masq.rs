@@ -46,8 +46,10 @@ pub const TABLE: &str = "podnet-cni";
 pub const MASQ_MAP: &str = "masq";
 const POSTROUTING: &str = "postrouting";
 const MACSPOOF: &str = "macspoof";
-const PORTS: &str = "ports";
-const ALLOWED: &str = "allowed";
+/// Host veths under the spoof check.
+pub const SPOOF_PORTS: &str = "ports";
+/// (host veth, pod MAC) pairs allowed through.
+pub const SPOOF_ALLOWED: &str = "allowed";
 /// nft's `srcnat` priority.
 /// The reference spoof checker's priority: before anything else on the bridge.
 const BRIDGE_FIRST: i32 = podnet_nft::priority::RAW;
@@ -179,13 +181,13 @@ fn declare_macspoof(b: &mut Batch) -> Result<(), MasqError> {
     let fam = Family::Bridge;
     b.add_table(&Table::new(fam, TABLE));
     let ports = b
-        .add_set(&Set::new(fam, TABLE, PORTS, DataType::IfName))
+        .add_set(&Set::new(fam, TABLE, SPOOF_PORTS, DataType::IfName))
         .map_err(nft("declaring the spoof-check port set"))?;
     let allowed = b
         .add_set(&Set::new(
             fam,
             TABLE,
-            ALLOWED,
+            SPOOF_ALLOWED,
             podnet_nft::TypeConcat::new(&[DataType::IfName, DataType::EtherAddr]),
         ))
         .map_err(nft("declaring the spoof-check allowed set"))?;
@@ -287,14 +289,14 @@ pub fn add_batch(
         b.add_elements(
             Family::Bridge,
             TABLE,
-            PORTS,
+            SPOOF_PORTS,
             &[SetElem::new(&[Val::IfName(port.to_string())]).comment(&comment)],
         )
         .map_err(nft("adding the spoof-check port"))?;
         b.add_elements(
             Family::Bridge,
             TABLE,
-            ALLOWED,
+            SPOOF_ALLOWED,
             &[SetElem::new(&[Val::IfName(port.to_string()), Val::Ether(mac)]).comment(&comment)],
         )
         .map_err(nft("adding the spoof-check allowed pair"))?;
@@ -306,8 +308,8 @@ pub fn add_batch(
 const OWNED_SETS: [(Family, &str); 4] = [
     (Family::Ip, MASQ_MAP),
     (Family::Ip6, MASQ_MAP),
-    (Family::Bridge, PORTS),
-    (Family::Bridge, ALLOWED),
+    (Family::Bridge, SPOOF_PORTS),
+    (Family::Bridge, SPOOF_ALLOWED),
 ];
 
 /// A listed element: where it is, its key, its owner comment.

@@ -117,7 +117,26 @@ fn ip_masq_reaches_an_outside_address_with_the_source_masqueraded() {
     .unwrap();
     assert_eq!(seen.join().unwrap(), pod_ip);
 
-    // DEL removes the pod's element.
+    // CHECK sees the element, and its absence.
+    let mut checked = conf.clone();
+    checked["prevResult"] = r.clone();
+    node.call("CHECK", &checked, &id, Some(p.path()), "eth0")
+        .expect_ok("CHECK with ipMasq");
+    node.sh(&format!(
+        "nft delete element ip podnet-cni masq '{{ {pod_ip} }}'"
+    ));
+    let bad = node.call("CHECK", &checked, &id, Some(p.path()), "eth0");
+    assert!(!bad.ok, "CHECK passed without the masquerade entry");
+    assert!(
+        bad.json["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("masquerade"),
+        "{}",
+        bad.json
+    );
+
+    // DEL succeeds with the element already gone, and leaves none.
     node.del(&conf, &id, &p);
     let rules = node.ruleset();
     assert!(!rules.contains(&owner), "{rules}");
@@ -134,6 +153,10 @@ fn macspoofchk_drops_frames_with_a_foreign_source_mac() {
     let rb = node.add(&conf, &cid(), &b);
     let ip_b = result_ip(&rb);
     pod_sh(&a, &format!("ping -c 1 -W 2 {ip_b}"));
+    let mut checked = conf.clone();
+    checked["prevResult"] = ra.clone();
+    node.call("CHECK", &checked, &id_a, Some(a.path()), "eth0")
+        .expect_ok("CHECK with macspoofchk");
     let rules = node.ruleset();
     assert!(rules.contains("table bridge podnet-cni"), "{rules}");
     let veth_a = ra["interfaces"][1]["name"].as_str().unwrap();

@@ -685,5 +685,36 @@ pub fn check(req: &Request, conf: &BridgeConf) -> Result<(), CniError> {
             }
         }
     }
+    if conf.ip_masq || conf.mac_spoof_chk {
+        check_nft(req, conf, &prev, &peer.name).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// The pod's nftables entries are there: one masquerade element per IP (`ipMasq`),
+/// the port and its allowed pair (`macspoofchk`).
+fn check_nft(req: &Request, conf: &BridgeConf, prev: &CniResult, port: &str) -> Result<(), String> {
+    let me = owner(req, conf).comment();
+    let listed = masq::Session::open()
+        .and_then(|mut s| s.list())
+        .map_err(|e| e.to_string())?;
+    let mine = |set: &str| {
+        listed
+            .iter()
+            .filter(|l| l.set == set && l.comment.as_deref() == Some(me.as_str()))
+            .count()
+    };
+    if conf.ip_masq && mine(masq::MASQ_MAP) != prev.ips.len() {
+        return Err(format!(
+            "{} masquerade entries for {me}, expected one per address ({})",
+            mine(masq::MASQ_MAP),
+            prev.ips.len()
+        ));
+    }
+    if conf.mac_spoof_chk && (mine(masq::SPOOF_PORTS) != 1 || mine(masq::SPOOF_ALLOWED) != 1) {
+        return Err(format!(
+            "MAC spoof check entries of {me} (port {port}) missing"
+        ));
+    }
     Ok(())
 }
