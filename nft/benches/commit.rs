@@ -2,8 +2,10 @@
 //! (`ipv4_addr . inet_proto . inet_service : verdict`, elements goto one of
 //! 64 chains) into a fresh network namespace: time to build the objects, to
 //! encode the datagram, and for the kernel to validate and commit it (sendmsg
-//! to last ACK). For reference, the same ruleset loaded with `nft -f` (process
-//! start included). Needs root; prints a table.
+//! to last ACK). Then, against that loaded map, the latency of small update
+//! transactions (delete one element + add it with another verdict), as a
+//! service proxy sends on an endpoint change. For reference, the same ruleset
+//! loaded with `nft -f` (process start included). Needs root; prints a table.
 //!
 //! Run: `cargo bench -p podnet-nft --bench commit`
 
@@ -98,21 +100,53 @@ struct Row {
     build: Duration,
     encode: Duration,
     kernel: Duration,
+    update: Duration,
     nft: Duration,
+}
+
+const UPDATES: u32 = 50;
+
+/// Median time of `UPDATES` one-element retargeting transactions.
+fn updates(n: &mut Nft, size: u32) -> Duration {
+    let mut times = Vec::with_capacity(UPDATES as usize);
+    for k in 0..UPDATES {
+        let i = (k * 7919) % size;
+        let key = [Val::Ipv4(elem_ip(i)), Val::Proto(6), Val::Port(80)];
+        let mut b = Batch::new();
+        b.delete_elements(F, T, "service-ips", &[SetElem::new(&key)])
+            .expect("encode delete");
+        b.add_elements(
+            F,
+            T,
+            "service-ips",
+            &[SetElem::new(&key).verdict(Verdict::Goto(format!("ep-{}", (i + 1) % CHAINS)))],
+        )
+        .expect("encode add");
+        let t = Instant::now();
+        n.apply(&b).expect("apply update");
+        times.push(t.elapsed());
+    }
+    median(times)
 }
 
 fn measure(n: u32) -> Row {
     let (mut builds, mut encodes, mut kernels, mut nfts) = (vec![], vec![], vec![], vec![]);
+    let mut ups = vec![];
     let (mut messages, mut bytes) = (0, 0);
     for _ in 0..RUNS {
         let t = Instant::now();
         let batch = build(n).expect("build batch");
         builds.push(t.elapsed());
         let ns = Netns::new("nftbench").expect("create netns");
-        let stats = ns
-            .enter(|| Nft::new()?.apply_timed(&batch))
+        let (stats, up) = ns
+            .enter(|| {
+                let mut nft = Nft::new()?;
+                let stats = nft.apply_timed(&batch)?;
+                Ok::<_, Error>((stats, updates(&mut nft, n)))
+            })
             .expect("enter netns")
             .expect("apply batch");
+        ups.push(up);
         messages = stats.messages;
         bytes = stats.bytes;
         encodes.push(stats.encode);
@@ -143,6 +177,7 @@ fn measure(n: u32) -> Row {
         build: median(builds),
         encode: median(encodes),
         kernel: median(kernels),
+        update: median(ups),
         nft: median(nfts),
     }
 }
@@ -162,12 +197,12 @@ fn main() {
     println!("one transaction: table + {CHAINS} chains + base chain + vmap rule + N-element");
     println!("`ipv4_addr . inet_proto . inet_service : verdict` map; median of {RUNS} runs, fresh netns each");
     println!();
-    println!("| elements | messages | datagram KiB | build ms | encode ms | kernel commit ms | encode+commit ms | nft -f ms |");
-    println!("|---------:|---------:|-------------:|---------:|----------:|-----------------:|-----------------:|----------:|");
+    println!("| elements | messages | datagram KiB | build ms | encode ms | kernel commit ms | encode+commit ms | 1-element update ms | nft -f ms |");
+    println!("|---------:|---------:|-------------:|---------:|----------:|-----------------:|-----------------:|--------------------:|----------:|");
     for n in sizes {
         let r = measure(n);
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.n,
             r.messages,
             r.bytes / 1024,
@@ -175,6 +210,7 @@ fn main() {
             ms(r.encode),
             ms(r.kernel),
             ms(r.encode + r.kernel),
+            ms(r.update),
             ms(r.nft),
         );
     }

@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use crate::attr::{find, parse_attrs, Attr, AttrWriter};
 use crate::error::{Error, Result};
+use crate::expr::{
+    CmpOp, CtDir, CtKey, DynsetOp, Expr, FibResult, MetaKey, NatKind, NumgenKind, PayloadBase,
+    Reject, SetRef,
+};
 use crate::objects::ElemData;
 use crate::socket::Nft;
 use crate::sys;
-use crate::types::{Family, TypeConcat, Verdict};
+use crate::types::{Family, Reg, TypeConcat, Verdict};
 use crate::udata;
 
 /// A table as listed by the kernel.
@@ -86,6 +90,11 @@ pub struct RuleInfo {
     pub position: Option<u64>,
     /// Names of the rule's expressions in order (`payload`, `cmp`, ...).
     pub exprs: Vec<String>,
+    /// The expressions decoded, when every one of them is of a kind and form
+    /// this crate can build (`None` otherwise). Kernel dumps add attributes
+    /// our encoder leaves to defaults (e.g. bitwise op, nat flags, counter
+    /// values), so compare semantically, not with `==` against what was sent.
+    pub expressions: Option<Vec<Expr>>,
     pub comment: Option<String>,
 }
 
@@ -222,10 +231,24 @@ pub(crate) fn parse_elems(p: &[u8]) -> Result<Vec<ElemInfo>> {
 pub(crate) fn parse_rule(p: &[u8]) -> Result<RuleInfo> {
     let (family, a) = split(p)?;
     let mut exprs = Vec::new();
+    let mut expressions = Some(Vec::new());
     if let Some(list) = find(&a, sys::NFTA_RULE_EXPRESSIONS) {
         for e in list.nested()? {
             let e = e.nested()?;
-            exprs.push(s(&e, sys::NFTA_EXPR_NAME));
+            let name = s(&e, sys::NFTA_EXPR_NAME);
+            let data = match find(&e, sys::NFTA_EXPR_DATA) {
+                Some(d) => d.nested()?,
+                None => Vec::new(),
+            };
+            let decoded = parse_expr(&name, &data)?;
+            expressions = match (expressions, decoded) {
+                (Some(mut v), Some(x)) => {
+                    v.push(x);
+                    Some(v)
+                }
+                _ => None,
+            };
+            exprs.push(name);
         }
     }
     Ok(RuleInfo {
@@ -235,9 +258,208 @@ pub(crate) fn parse_rule(p: &[u8]) -> Result<RuleInfo> {
         handle: u64o(&a, sys::NFTA_RULE_HANDLE)?.unwrap_or(0),
         position: u64o(&a, sys::NFTA_RULE_POSITION)?,
         exprs,
+        expressions,
         comment: find(&a, sys::NFTA_RULE_USERDATA)
             .and_then(|u| udata::comment(u.value, sys::UDATA_RULE_COMMENT)),
     })
+}
+
+fn reg(a: &[Attr<'_>], k: u16) -> Result<Option<Reg>> {
+    Ok(u32o(a, k)?.map(Reg::from_raw))
+}
+
+fn need<T>(v: Option<T>, what: &str) -> Result<T> {
+    v.ok_or_else(|| Error::Decode(format!("expression attribute {what} missing")))
+}
+
+fn value_of(a: &[Attr<'_>], k: u16) -> Result<Option<Vec<u8>>> {
+    find(a, k).map(data_value).transpose()
+}
+
+/// Decodes one expression; `Ok(None)` for kinds or forms this crate does
+/// not model (e.g. payload writes, bit shifts).
+pub(crate) fn parse_expr(name: &str, a: &[Attr<'_>]) -> Result<Option<Expr>> {
+    let u = |k| u32o(a, k);
+    Ok(Some(match name {
+        "payload" => {
+            if find(a, sys::NFTA_PAYLOAD_DREG).is_none() {
+                return Ok(None);
+            }
+            let base = match need(u(sys::NFTA_PAYLOAD_BASE)?, "payload base")? {
+                0 => PayloadBase::Link,
+                1 => PayloadBase::Network,
+                2 => PayloadBase::Transport,
+                _ => return Ok(None),
+            };
+            Expr::Payload {
+                dreg: need(reg(a, sys::NFTA_PAYLOAD_DREG)?, "payload dreg")?,
+                base,
+                offset: need(u(sys::NFTA_PAYLOAD_OFFSET)?, "payload offset")?,
+                len: need(u(sys::NFTA_PAYLOAD_LEN)?, "payload len")?,
+            }
+        }
+        "meta" => {
+            let key = MetaKey::from_raw(need(u(sys::NFTA_META_KEY)?, "meta key")?);
+            match (reg(a, sys::NFTA_META_DREG)?, reg(a, sys::NFTA_META_SREG)?) {
+                (Some(dreg), _) => Expr::Meta { dreg, key },
+                (None, Some(sreg)) => Expr::MetaSet { key, sreg },
+                _ => return Ok(None),
+            }
+        }
+        "cmp" => Expr::Cmp {
+            sreg: need(reg(a, sys::NFTA_CMP_SREG)?, "cmp sreg")?,
+            op: match CmpOp::from_raw(need(u(sys::NFTA_CMP_OP)?, "cmp op")?) {
+                Some(o) => o,
+                None => return Ok(None),
+            },
+            data: need(value_of(a, sys::NFTA_CMP_DATA)?, "cmp data")?,
+        },
+        "bitwise" => {
+            let op = u(sys::NFTA_BITWISE_OP)?;
+            if op.is_some_and(|o| o != 0) {
+                return Ok(None);
+            }
+            let sreg = need(reg(a, sys::NFTA_BITWISE_SREG)?, "bitwise sreg")?;
+            let dreg = need(reg(a, sys::NFTA_BITWISE_DREG)?, "bitwise dreg")?;
+            let mask = need(value_of(a, sys::NFTA_BITWISE_MASK)?, "bitwise mask")?;
+            let xor = need(value_of(a, sys::NFTA_BITWISE_XOR)?, "bitwise xor")?;
+            if op.is_some() {
+                Expr::BitwiseStmt {
+                    sreg,
+                    dreg,
+                    mask,
+                    xor,
+                }
+            } else {
+                Expr::Bitwise {
+                    sreg,
+                    dreg,
+                    mask,
+                    xor,
+                }
+            }
+        }
+        "range" => Expr::Range {
+            sreg: need(reg(a, sys::NFTA_RANGE_SREG)?, "range sreg")?,
+            neq: u(sys::NFTA_RANGE_OP)? == Some(1),
+            from: need(value_of(a, sys::NFTA_RANGE_FROM_DATA)?, "range from")?,
+            to: need(value_of(a, sys::NFTA_RANGE_TO_DATA)?, "range to")?,
+        },
+        "lookup" => Expr::Lookup {
+            sreg: need(reg(a, sys::NFTA_LOOKUP_SREG)?, "lookup sreg")?,
+            set: SetRef {
+                name: s(a, sys::NFTA_LOOKUP_SET),
+                id: u(sys::NFTA_LOOKUP_SET_ID)?,
+            },
+            dreg: reg(a, sys::NFTA_LOOKUP_DREG)?,
+            invert: u(sys::NFTA_LOOKUP_FLAGS)?.unwrap_or(0) & sys::NFT_LOOKUP_F_INV != 0,
+        },
+        "immediate" => {
+            let dreg = need(reg(a, sys::NFTA_IMMEDIATE_DREG)?, "immediate dreg")?;
+            let data = need(find(a, sys::NFTA_IMMEDIATE_DATA), "immediate data")?;
+            match elem_data(data)? {
+                ElemData::Verdict(v) if dreg == Reg::VERDICT => Expr::Verdict(v),
+                ElemData::Value(data) => Expr::Immediate { dreg, data },
+                ElemData::Verdict(_) => return Ok(None),
+            }
+        }
+        "numgen" => Expr::Numgen {
+            dreg: need(reg(a, sys::NFTA_NG_DREG)?, "numgen dreg")?,
+            kind: match u(sys::NFTA_NG_TYPE)? {
+                Some(0) => NumgenKind::Incremental,
+                Some(1) => NumgenKind::Random,
+                _ => return Ok(None),
+            },
+            modulus: need(u(sys::NFTA_NG_MODULUS)?, "numgen modulus")?,
+            offset: u(sys::NFTA_NG_OFFSET)?.unwrap_or(0),
+        },
+        "fib" => Expr::Fib {
+            dreg: need(reg(a, sys::NFTA_FIB_DREG)?, "fib dreg")?,
+            result: match u(sys::NFTA_FIB_RESULT)? {
+                Some(1) => FibResult::Oif,
+                Some(2) => FibResult::OifName,
+                Some(3) => FibResult::AddrType,
+                _ => return Ok(None),
+            },
+            flags: u(sys::NFTA_FIB_FLAGS)?.unwrap_or(0),
+        },
+        "ct" => {
+            let Some(key) = CtKey::from_raw(need(u(sys::NFTA_CT_KEY)?, "ct key")?) else {
+                return Ok(None);
+            };
+            let dir = match find(a, sys::NFTA_CT_DIRECTION).and_then(|d| d.value.first()) {
+                None => None,
+                Some(0) => Some(CtDir::Original),
+                Some(_) => Some(CtDir::Reply),
+            };
+            match (reg(a, sys::NFTA_CT_DREG)?, reg(a, sys::NFTA_CT_SREG)?) {
+                (Some(dreg), _) => Expr::Ct { dreg, key, dir },
+                (None, Some(sreg)) => Expr::CtSet { key, sreg },
+                _ => return Ok(None),
+            }
+        }
+        "nat" => Expr::Nat {
+            kind: match u(sys::NFTA_NAT_TYPE)? {
+                Some(0) => NatKind::Snat,
+                Some(1) => NatKind::Dnat,
+                _ => return Ok(None),
+            },
+            family: match u(sys::NFTA_NAT_FAMILY)?.and_then(|f| Family::from_nfproto(f as u8)) {
+                Some(f) => f,
+                None => return Ok(None),
+            },
+            addr_min: reg(a, sys::NFTA_NAT_REG_ADDR_MIN)?,
+            addr_max: reg(a, sys::NFTA_NAT_REG_ADDR_MAX)?,
+            proto_min: reg(a, sys::NFTA_NAT_REG_PROTO_MIN)?,
+            proto_max: reg(a, sys::NFTA_NAT_REG_PROTO_MAX)?,
+            flags: u(sys::NFTA_NAT_FLAGS)?.unwrap_or(0),
+        },
+        "masq" => Expr::Masquerade {
+            flags: u(sys::NFTA_MASQ_FLAGS)?.unwrap_or(0),
+            proto_min: reg(a, sys::NFTA_MASQ_REG_PROTO_MIN)?,
+            proto_max: reg(a, sys::NFTA_MASQ_REG_PROTO_MAX)?,
+        },
+        "reject" => {
+            let code = find(a, sys::NFTA_REJECT_ICMP_CODE)
+                .and_then(|c| c.value.first().copied())
+                .unwrap_or(0);
+            Expr::Reject(match u(sys::NFTA_REJECT_TYPE)? {
+                Some(0) => Reject::Icmp(code),
+                Some(1) => Reject::TcpReset,
+                Some(2) => Reject::Icmpx(code),
+                _ => return Ok(None),
+            })
+        }
+        "counter" => Expr::Counter {
+            packets: u64o(a, sys::NFTA_COUNTER_PACKETS)?.unwrap_or(0),
+            bytes: u64o(a, sys::NFTA_COUNTER_BYTES)?.unwrap_or(0),
+        },
+        "dynset" => Expr::Dynset {
+            op: match u(sys::NFTA_DYNSET_OP)? {
+                Some(0) => DynsetOp::Add,
+                Some(1) => DynsetOp::Update,
+                Some(2) => DynsetOp::Delete,
+                _ => return Ok(None),
+            },
+            sreg_key: need(reg(a, sys::NFTA_DYNSET_SREG_KEY)?, "dynset key register")?,
+            sreg_data: reg(a, sys::NFTA_DYNSET_SREG_DATA)?,
+            set: SetRef {
+                name: s(a, sys::NFTA_DYNSET_SET_NAME),
+                id: u(sys::NFTA_DYNSET_SET_ID)?,
+            },
+            timeout: u64o(a, sys::NFTA_DYNSET_TIMEOUT)?
+                .filter(|&t| t != 0)
+                .map(Duration::from_millis),
+        },
+        "log" => Expr::Log {
+            prefix: find(a, sys::NFTA_LOG_PREFIX).map(|p| p.string()),
+            group: find(a, sys::NFTA_LOG_GROUP)
+                .and_then(|g| g.value.get(..2))
+                .map(|b| u16::from_be_bytes([b[0], b[1]])),
+        },
+        "notrack" => Expr::Notrack,
+        _ => return Ok(None),
+    }))
 }
 
 impl Nft {
@@ -407,6 +629,132 @@ mod tests {
         assert_eq!(r.handle, 42);
         assert_eq!(r.exprs, ["counter", "immediate"]);
         assert_eq!(r.comment.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn expressions_round_trip_through_our_encoding() {
+        use crate::expr::*;
+        let r = Reg::first();
+        let exprs = vec![
+            Field::IpDaddr.load(r),
+            Field::L4Proto.load(Reg::word(1)),
+            Expr::Cmp {
+                sreg: r,
+                op: CmpOp::Gte,
+                data: vec![1, 2],
+            },
+            Expr::Bitwise {
+                sreg: r,
+                dreg: r,
+                mask: vec![0xff; 4],
+                xor: vec![0; 4],
+            },
+            Expr::BitwiseStmt {
+                sreg: r,
+                dreg: r,
+                mask: vec![0; 4],
+                xor: vec![1; 4],
+            },
+            Expr::Range {
+                sreg: r,
+                neq: true,
+                from: vec![0, 1],
+                to: vec![0, 9],
+            },
+            Expr::Lookup {
+                sreg: r,
+                set: SetRef {
+                    name: "s".into(),
+                    id: Some(3),
+                },
+                dreg: Some(Reg::VERDICT),
+                invert: false,
+            },
+            Expr::Lookup {
+                sreg: r,
+                set: SetRef::named("t"),
+                dreg: None,
+                invert: true,
+            },
+            Expr::Immediate {
+                dreg: r,
+                data: vec![10, 0, 0, 1],
+            },
+            Expr::Verdict(Verdict::Goto("c".into())),
+            Expr::Numgen {
+                dreg: r,
+                kind: NumgenKind::Random,
+                modulus: 3,
+                offset: 1,
+            },
+            Field::FibDaddrType.load(r),
+            Expr::Ct {
+                dreg: r,
+                key: CtKey::DstIp,
+                dir: Some(CtDir::Reply),
+            },
+            Expr::CtSet {
+                key: CtKey::Mark,
+                sreg: r,
+            },
+            Expr::MetaSet {
+                key: MetaKey::Mark,
+                sreg: r,
+            },
+            Expr::Nat {
+                kind: NatKind::Dnat,
+                family: Family::Ip6,
+                addr_min: Some(r),
+                addr_max: None,
+                proto_min: Some(Reg::word(4)),
+                proto_max: None,
+                flags: nat_flags::PROTO_SPECIFIED,
+            },
+            Expr::Masquerade {
+                flags: nat_flags::FULLY_RANDOM,
+                proto_min: None,
+                proto_max: None,
+            },
+            Expr::Reject(Reject::Icmpx(icmpx::PORT_UNREACH)),
+            Expr::Reject(Reject::TcpReset),
+            Expr::Counter {
+                packets: 0,
+                bytes: 0,
+            },
+            Expr::Dynset {
+                op: DynsetOp::Update,
+                sreg_key: r,
+                sreg_data: None,
+                set: SetRef::named("aff"),
+                timeout: Some(Duration::from_secs(10)),
+            },
+            Expr::Log {
+                prefix: Some("p".into()),
+                group: Some(3),
+            },
+            Expr::Notrack,
+        ];
+        let mut w = AttrWriter::default();
+        Rule::new(Family::Ip, "t", "c")
+            .exprs(exprs.clone())
+            .encode_new(&mut w)
+            .unwrap();
+        let info = parse_rule(&payload(Family::Ip, w.buf)).unwrap();
+        assert_eq!(info.expressions, Some(exprs));
+    }
+
+    #[test]
+    fn unmodelled_expressions_leave_expressions_unset() {
+        let mut w = AttrWriter::default();
+        w.put_str(sys::NFTA_RULE_TABLE, "t");
+        let l = w.nest(sys::NFTA_RULE_EXPRESSIONS);
+        let e = w.nest(sys::NFTA_LIST_ELEM);
+        w.put_str(sys::NFTA_EXPR_NAME, "quota");
+        w.end(e).unwrap();
+        w.end(l).unwrap();
+        let info = parse_rule(&payload(Family::Ip, w.buf)).unwrap();
+        assert_eq!(info.exprs, ["quota"]);
+        assert_eq!(info.expressions, None);
     }
 
     #[test]

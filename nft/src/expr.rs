@@ -46,6 +46,23 @@ pub enum MetaKey {
 }
 
 impl MetaKey {
+    pub(crate) fn from_raw(v: u32) -> MetaKey {
+        match v {
+            0 => MetaKey::Len,
+            1 => MetaKey::Protocol,
+            3 => MetaKey::Mark,
+            4 => MetaKey::Iif,
+            5 => MetaKey::Oif,
+            6 => MetaKey::IifName,
+            7 => MetaKey::OifName,
+            8 => MetaKey::IifType,
+            15 => MetaKey::NfProto,
+            16 => MetaKey::L4Proto,
+            19 => MetaKey::PktType,
+            v => MetaKey::Other(v),
+        }
+    }
+
     fn raw(self) -> u32 {
         match self {
             MetaKey::Len => 0,
@@ -85,6 +102,28 @@ pub enum CtKey {
 }
 
 impl CtKey {
+    pub(crate) fn from_raw(v: u32) -> Option<CtKey> {
+        [
+            CtKey::State,
+            CtKey::Direction,
+            CtKey::Status,
+            CtKey::Mark,
+            CtKey::Expiration,
+            CtKey::L3Protocol,
+            CtKey::Src,
+            CtKey::Dst,
+            CtKey::Protocol,
+            CtKey::ProtoSrc,
+            CtKey::ProtoDst,
+            CtKey::SrcIp,
+            CtKey::DstIp,
+            CtKey::SrcIp6,
+            CtKey::DstIp6,
+        ]
+        .into_iter()
+        .find(|k| k.raw() == v)
+    }
+
     fn raw(self) -> u32 {
         match self {
             CtKey::State => 0,
@@ -153,6 +192,19 @@ pub enum CmpOp {
 }
 
 impl CmpOp {
+    pub(crate) fn from_raw(v: u32) -> Option<CmpOp> {
+        [
+            CmpOp::Eq,
+            CmpOp::Neq,
+            CmpOp::Lt,
+            CmpOp::Lte,
+            CmpOp::Gt,
+            CmpOp::Gte,
+        ]
+        .into_iter()
+        .find(|o| o.raw() == v)
+    }
+
     fn raw(self) -> u32 {
         match self {
             CmpOp::Eq => 0,
@@ -264,7 +316,7 @@ impl SetRef {
 }
 
 /// One nf_tables expression with explicit registers.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expr {
     Payload {
         dreg: Reg,

@@ -539,7 +539,7 @@ impl SetElem {
 }
 
 /// A rule: a list of expressions in a chain.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub family: Family,
     pub table: String,

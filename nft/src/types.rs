@@ -413,6 +413,11 @@ impl Reg {
     pub fn raw(self) -> u32 {
         self.0
     }
+
+    /// A register from its kernel number (as found in dumps).
+    pub fn from_raw(raw: u32) -> Reg {
+        Reg(raw)
+    }
 }
 
 #[cfg(test)]

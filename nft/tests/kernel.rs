@@ -449,8 +449,21 @@ fn readme_example_applies() {
         Ok(b)
     };
     let b = build().unwrap();
-    let (ns, r) = in_netns(|n| n.apply(&b));
-    r.unwrap();
+    let (ns, rules) = in_netns(|n| {
+        n.apply(&b)?;
+        n.list_rules(F, T, None)
+    });
+    let rules = rules.unwrap();
+    assert_eq!(rules.len(), 4);
+    // Every rule the kernel dumps back decodes into typed expressions.
+    for r in &rules {
+        assert!(r.expressions.is_some(), "undecodable rule {r:?}");
+    }
+    let services = rules.iter().find(|r| r.chain == "services").unwrap();
+    assert!(matches!(
+        services.expressions.as_ref().unwrap().last(),
+        Some(Expr::Lookup { dreg: Some(Reg::VERDICT), set, .. }) if set.name == "service-ips"
+    ));
     let text = ns.sh("nft list table ip podnet").unwrap();
     for want in [
         "ip daddr . meta l4proto . th dport vmap @service-ips",
