@@ -277,3 +277,55 @@ fn gateway_conflict_needs_force_address() {
         "{a}"
     );
 }
+
+#[test]
+fn dual_stack_addresses_routes_gateways_and_masquerade() {
+    skip_unless_root!();
+    let node = Node::new();
+    let mut conf = node.conf(
+        "1.1.0",
+        SUBNET,
+        json!({"isDefaultGateway": true, "ipMasq": true}),
+    );
+    let ipam = conf["ipam"].as_object_mut().unwrap();
+    ipam.remove("subnet");
+    ipam.insert(
+        "ranges".into(),
+        json!([[{"subnet": "10.24.0.0/24"}], [{"subnet": "fd00:24::/64"}]]),
+    );
+    let p = pod();
+    let id = cid();
+    let r = node.add(&conf, &id, &p);
+    let ips = r["ips"].as_array().unwrap();
+    assert_eq!(ips.len(), 2, "{r}");
+    let v6 = ips
+        .iter()
+        .find(|i| i["address"].as_str().unwrap().contains(':'))
+        .expect("an IPv6 address");
+    assert_eq!(v6["gateway"], "fd00:24::1");
+    assert_eq!(v6["interface"], 2);
+    let v6_addr = v6["address"].as_str().unwrap();
+    assert!(pod_sh(&p, "ip -o -6 addr show dev eth0 scope global").contains(v6_addr));
+    assert!(pod_sh(&p, "ip -6 route show default").contains("via fd00:24::1 dev eth0"));
+    assert!(pod_sh(&p, "ip route show default").contains("via 10.24.0.1 dev eth0"));
+    assert!(node
+        .sh("ip -o -6 addr show dev cni0")
+        .contains("fd00:24::1/64"));
+    assert_eq!(
+        node.sh("cat /proc/sys/net/ipv6/conf/all/forwarding").trim(),
+        "1"
+    );
+    let rules = node.ruleset();
+    assert!(
+        rules.contains("table ip6 podnet-cni")
+            && rules.contains(v6_addr.split('/').next().unwrap()),
+        "{rules}"
+    );
+    let mut c = conf.clone();
+    c["prevResult"] = r.clone();
+    node.call("CHECK", &c, &id, Some(p.path()), "eth0")
+        .expect_ok("dual-stack CHECK");
+    node.del(&c, &id, &p);
+    assert!(!node.ruleset().contains(&format!("podnet-test/{id}/eth0")));
+    assert!(node.reservations().is_empty(), "{:?}", node.reservations());
+}

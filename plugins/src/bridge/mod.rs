@@ -166,7 +166,7 @@ fn add_steps(
     let gateways = apply_gateways(conf, &mut result, CONTAINER_IFACE);
 
     if !result.ips.is_empty() {
-        configure_pod(req, conf, ns, pod, &cont, &result)?;
+        configure_pod(pod, &cont, &result)?;
     }
 
     if conf.is_gateway {
@@ -289,6 +289,7 @@ fn make_links(
                 req.env.ifname
             ))
         })?;
+    pod_sysctls(req, conf, ns)?;
     pod.link_set_up(cont.index).map_err(nl)?;
     Ok(Links {
         bridge,
@@ -342,33 +343,30 @@ fn create_veth(
     )))
 }
 
-/// Pod side: DAD and ARP sysctls, addresses, routes.
-fn configure_pod(
-    req: &Request,
-    conf: &BridgeConf,
-    ns: &Netns,
-    pod: &Handle,
-    cont: &Link,
-    result: &CniResult,
-) -> Result<(), CniError> {
+/// DAD and ARP sysctls of the pod interface, set before it comes up (so its link-local
+/// address already follows them).
+fn pod_sysctls(req: &Request, conf: &BridgeConf, ns: &Netns) -> Result<(), CniError> {
     let ifname = req.env.ifname.clone();
-    let has_v6 = result.ips.iter().any(|ip| ip.address.addr().is_ipv6());
     let enable_dad = conf.enable_dad;
+    let failed = |e: &dyn std::fmt::Display| {
+        CniError::io(format!("setting sysctls in {}: {e}", ns.path().display()))
+    };
     ns.run(move || -> std::io::Result<()> {
-        if has_v6 {
-            // Without DAD the address is usable at once (the reference's default);
-            // the sysctl is absent when IPv6 is disabled in the pod.
-            let dad = if enable_dad { "1" } else { "0" };
-            let _ = netlink::sysctl_write(&format!("net/ipv6/conf/{ifname}/accept_dad"), dad);
-            if enable_dad {
-                let _ = netlink::sysctl_write(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
-            }
+        // Without DAD addresses are usable at once (the reference's default). The
+        // IPv6 keys are absent when IPv6 is disabled in the pod: not an error.
+        let dad = if enable_dad { "1" } else { "0" };
+        let _ = netlink::sysctl_write(&format!("net/ipv6/conf/{ifname}/accept_dad"), dad);
+        if enable_dad {
+            let _ = netlink::sysctl_write(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
         }
         netlink::sysctl_write(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")
     })
-    .map_err(|e| CniError::io(format!("setting sysctls in {}: {e}", ns.path().display())))?
-    .map_err(|e| CniError::io(format!("setting sysctls in {}: {e}", ns.path().display())))?;
+    .map_err(|e| failed(&e))?
+    .map_err(|e| failed(&e))
+}
 
+/// Pod side once IPAM has answered: addresses, routes.
+fn configure_pod(pod: &Handle, cont: &Link, result: &CniResult) -> Result<(), CniError> {
     for ip in &result.ips {
         let addr = Address {
             ip: ip.address.addr(),
