@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use netns_fixtures::etcd::EtcdServer;
 use podnet_state::etcd::EtcdStore;
+use podnet_state::object::{self, TypedObject};
 use podnet_state::{DirStore, Informer, Kind, ObjectKey, Store};
 use serde_json::{json, Value};
 
@@ -39,6 +40,7 @@ fn main() {
         match mode.as_str() {
             "list" => child_list(&backend, &target),
             "informer" => child_informer(&backend, &target),
+            "typed" => child_typed(),
             other => panic!("unknown mode {other}"),
         }
         return;
@@ -118,6 +120,12 @@ fn main() {
             l.peak_mb
         );
     }
+    let typed = run_child("none", "none", "typed");
+    println!(
+        "the {} objects as k8s-openapi types alone (no store, no informer): {:.1} MB",
+        2 * SERVICES,
+        typed.retained_mb
+    );
     println!();
     println!("RSS peak: VmHWM growth during the initial list; RSS retained: VmRSS growth with the");
     println!(
@@ -206,6 +214,25 @@ fn child_list(backend: &str, target: &str) {
         });
         println!("RESULT {result}");
     });
+}
+
+/// Measuring child: the memory of the objects decoded into their
+/// k8s-openapi types, without any store: the floor for a snapshot of them.
+/// Each object's JSON is dropped right after decoding, so the heap is not
+/// fragmented by 20,000 JSON trees.
+fn child_typed() {
+    let base = start_memory_window();
+    let mut typed: Vec<TypedObject> = Vec::with_capacity(2 * SERVICES);
+    for i in 0..SERVICES {
+        for (k, v) in [service(i), endpoint_slice(i)] {
+            typed.push(object::decode(k.kind, &v).expect("bench objects decode"));
+        }
+    }
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe { libc::malloc_trim(0) };
+    let retained = status_kb("VmRSS:").saturating_sub(base);
+    assert_eq!(typed.len(), 2 * SERVICES);
+    println!("RESULT {}", json!({ "retained_mb": mb(retained) }));
 }
 
 /// Measuring child: informer list, memory, then propagation latency.
