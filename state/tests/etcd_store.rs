@@ -102,6 +102,18 @@ async fn list_is_per_kind_paged_and_skips_foreign_keys() {
     let (pods, _) = store.list(Kind::Pod).await.unwrap();
     assert_eq!(pods.len(), 1);
     assert_eq!(store.list(Kind::Node).await.unwrap().0, vec![]);
+
+    // A watch skips the same foreign keys and values and keeps going.
+    let mut w = store.watch(Kind::Service, list_rev).await.unwrap();
+    etcd.etcdctl(&["put", "/podnet/services/default/broken", "{still not json"])
+        .unwrap();
+    etcd.etcdctl(&["put", "/podnet/services/a/b/c", "{}"])
+        .unwrap();
+    let good = store.put(&svc("good"), &json!({})).await.unwrap();
+    match next_event(&mut w).await {
+        WatchEvent::Put(o) => assert_eq!((o.key, o.mod_revision), (svc("good"), good)),
+        e => panic!("{e:?}"),
+    }
 }
 
 #[tokio::test]
