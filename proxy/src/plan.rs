@@ -1063,13 +1063,16 @@ pub fn pick_chain(cfg: &PlanConfig, (class, n): Pick) -> (String, Chain) {
     )
 }
 
-fn new_builder(cfg: &PlanConfig) -> Builder<'_> {
+/// The table's comment.
+pub const TABLE_COMMENT: &str =
+    "podnet-proxy: Kubernetes Services (generated; changes are overwritten)";
+
+fn new_builder<'a>(cfg: &'a PlanConfig, comment: &str) -> Builder<'a> {
     Builder {
         cfg,
         plan: TablePlan {
             family: cfg.family,
-            comment: "podnet-proxy: Kubernetes Services (generated; changes are overwritten)"
-                .into(),
+            comment: comment.to_string(),
             chains: BTreeMap::new(),
             sets: BTreeMap::new(),
         },
@@ -1082,14 +1085,14 @@ fn new_builder(cfg: &PlanConfig) -> Builder<'_> {
 /// The fixed part of a table: base chains, dispatch and masquerade chains,
 /// and the shared sets and maps (empty).
 pub fn skeleton(cfg: &PlanConfig) -> TablePlan {
-    let mut b = new_builder(cfg);
+    let mut b = new_builder(cfg, TABLE_COMMENT);
     b.skeleton();
     b.plan
 }
 
 /// What `sp` adds to the table of `cfg.family`.
 pub fn fragment(cfg: &PlanConfig, sp: &ServicePort) -> Fragment {
-    let mut b = new_builder(cfg);
+    let mut b = new_builder(cfg, "");
     if Family::of(&sp.cluster_ip) == cfg.family {
         b.service_port(sp);
     }

@@ -61,16 +61,23 @@ pub struct SyncReport {
     pub skipped: usize,
     pub conntrack_deleted: usize,
     pub duration: Duration,
+    /// Part of `duration` spent encoding the batch.
+    pub encode: Duration,
+    /// Part of `duration` spent in the kernel (sending the transaction and
+    /// waiting for its verdict).
+    pub kernel: Duration,
 }
 
 impl fmt::Display for SyncReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} sync in {:.2?}: {} service ports, {} endpoints, {} chains, {} elements \
+            "{} sync in {:.2?} (encode {:.2?}, kernel {:.2?}): {} service ports, {} endpoints, {} chains, {} elements \
              (+{} -{} elements, {} chains changed), {} objects skipped, {} conntrack entries deleted",
             if self.full { "full" } else { "partial" },
             self.duration,
+            self.encode,
+            self.kernel,
             self.service_ports,
             self.endpoints,
             self.chains,
@@ -352,6 +359,7 @@ impl Proxier {
         };
         let mut batch = Batch::new();
         let mut report = SyncReport::default();
+        let mut encode_time = Duration::ZERO;
         let mut conntrack_pairs: Vec<(Model, Model)> = Vec::new();
         let installed = match partial {
             Some((inst, ch)) => {
@@ -428,7 +436,9 @@ impl Proxier {
                     report.elements_added += add;
                     report.elements_deleted += del;
                     report.chains_changed += chains;
+                    let t = Instant::now();
                     apply::encode(&mut batch, *fam, &d, &skel.comment)?;
+                    encode_time += t.elapsed();
                 }
                 let mut t = inst.totals;
                 t.elements =
@@ -520,7 +530,9 @@ impl Proxier {
                     report.elements_added += add;
                     report.chains_changed += chains;
                     inst.totals.elements += plan.element_count();
+                    let t = Instant::now();
                     apply::encode(&mut batch, *fam, &d, &plan.comment)?;
+                    encode_time += t.elapsed();
                 }
                 if let Some(old) = self.installed.take() {
                     for (name, o) in old.services {
@@ -536,11 +548,14 @@ impl Proxier {
                 Some(inst)
             }
         };
+        report.encode = encode_time;
         let ops = batch.len();
+        let kernel_start = Instant::now();
         self.nft.apply(&batch).map_err(|e| SyncError::Apply {
             ops,
             source: Box::new(e),
         })?;
+        report.kernel = kernel_start.elapsed();
         drop(batch);
         if let Some(inst) = installed {
             self.installed = Some(inst);
@@ -557,7 +572,12 @@ impl Proxier {
         report.endpoints = inst.totals.endpoints;
         report.elements = inst.totals.elements;
         report.skipped = inst.totals.skipped;
-        report.chains = inst.shared.values().map(|s| s.picks.len()).sum::<usize>()
+        report.chains = inst
+            .configs
+            .values()
+            .map(|pc| plan::skeleton(pc).chains.len())
+            .sum::<usize>()
+            + inst.shared.values().map(|s| s.picks.len()).sum::<usize>()
             + inst
                 .services
                 .values()
