@@ -12,7 +12,7 @@
 //! together until every node routes to every other, and a 21st node joining.
 //!
 //! Run: `cargo bench -p podnet-plugins --bench datapath` (as root).
-//! `PODNET_BENCH_SECS` sets the iperf3 duration per run (default 2; each metric is the median of 3 runs).
+//! `PODNET_BENCH_SECS` sets the iperf3 duration per run (default 2; each metric is the median of 3 rounds that measure every path in turn).
 
 #[path = "../tests/multinode_common/mod.rs"]
 mod multinode_common;
@@ -31,6 +31,18 @@ struct Row {
     rtt_us: f64,
 }
 
+/// One path under test, kept alive for the whole run: its namespaces, the
+/// two endpoints and the server address.
+struct Path {
+    name: &'static str,
+    /// Owns the namespaces (dropped last).
+    _keep: Box<dyn std::any::Any>,
+    client: Netns,
+    server: Netns,
+    ip: String,
+    _srv: ChildGuard,
+}
+
 fn secs() -> u32 {
     std::env::var("PODNET_BENCH_SECS")
         .ok()
@@ -42,9 +54,7 @@ fn secs() -> u32 {
 fn iperf_server(ns: &Netns) -> ChildGuard {
     let mut c = std::process::Command::new("iperf3");
     // --logfile: Netns::spawn keeps the program's arguments, not its stdio.
-    c.args(["-s", "-p", "5201", "--logfile", "/dev/null"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    c.args(["-s", "-p", "5201", "--logfile", "/dev/null"]);
     let g = ns.spawn(c).expect("starting iperf3 -s");
     wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
         ns.sh("ss -Hltn 'sport = :5201' | grep -q .").is_ok()
@@ -57,52 +67,42 @@ fn json_of(ns: &Netns, cmd: &str) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{cmd}: bad JSON {e}: {out}"))
 }
 
-fn measure(name: &'static str, client: &Netns, server: &Netns, ip: &str) -> Row {
-    let _srv = iperf_server(server);
+fn tcp_gbps(p: &Path) -> f64 {
+    let tcp = json_of(
+        &p.client,
+        &format!("iperf3 -c {} -p 5201 -t {} -J", p.ip, secs()),
+    );
+    tcp["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9
+}
+
+fn udp_kpps(p: &Path) -> f64 {
     let t = secs();
-    // Warm-up: ARP/ND, neighbour resolution, first-packet costs.
-    let _ = client.sh(&format!("ping -c3 -i0.05 -W1 {ip} >/dev/null"));
-    // Median of three runs: two cores shared by sender, receiver and the
-    // kernel make single runs noisy.
-    let mut tcp_runs = Vec::new();
-    let mut udp_runs = Vec::new();
-    for _ in 0..3 {
-        let tcp = json_of(client, &format!("iperf3 -c {ip} -p 5201 -t {t} -J"));
-        tcp_runs.push(
-            tcp["end"]["sum_received"]["bits_per_second"]
-                .as_f64()
-                .unwrap_or(0.0)
-                / 1e9,
-        );
-        let udp = json_of(
-            client,
-            &format!("iperf3 -c {ip} -p 5201 -u -l 64 -b 0 -t {t} -J"),
-        );
-        let sum = &udp["end"]["sum"];
-        let packets = sum["packets"].as_f64().unwrap_or(0.0);
-        let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
-        let seconds = sum["seconds"].as_f64().unwrap_or(f64::from(t)).max(0.001);
-        udp_runs.push((packets - lost).max(0.0) / seconds / 1e3);
-    }
-    let tcp_gbps = median(&mut tcp_runs);
-    let udp_kpps = median(&mut udp_runs);
-    let ping = client
-        .sh(&format!("ping -c 500 -i 0.002 -q {ip}"))
+    let udp = json_of(
+        &p.client,
+        &format!("iperf3 -c {} -p 5201 -u -l 64 -b 0 -t {t} -J", p.ip),
+    );
+    let sum = &udp["end"]["sum"];
+    let packets = sum["packets"].as_f64().unwrap_or(0.0);
+    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let seconds = sum["seconds"].as_f64().unwrap_or(f64::from(t)).max(0.001);
+    (packets - lost).max(0.0) / seconds / 1e3
+}
+
+fn rtt_us(p: &Path) -> f64 {
+    let ping = p
+        .client
+        .sh(&format!("ping -c 300 -i 0.002 -q {}", p.ip))
         .unwrap_or_default();
-    let rtt_us = ping
-        .lines()
+    ping.lines()
         .find(|l| l.contains("min/avg/max"))
         .and_then(|l| l.split('=').nth(1))
         .and_then(|v| v.trim().split('/').nth(1))
         .and_then(|v| v.parse::<f64>().ok())
         .map(|ms| ms * 1000.0)
-        .unwrap_or(f64::NAN);
-    Row {
-        name,
-        tcp_gbps,
-        udp_kpps,
-        rtt_us,
-    }
+        .unwrap_or(f64::NAN)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -110,7 +110,39 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn podnet(backend: Backend) -> Row {
+/// Measures all paths in rounds (each round: every path once), so that the
+/// load other processes put on the machine hits every path alike; reports
+/// the median of the rounds.
+fn measure_all(paths: &[Path], rounds: usize) -> Vec<Row> {
+    for p in paths {
+        // Warm-up: neighbour resolution and first-packet costs.
+        let _ = p
+            .client
+            .sh(&format!("ping -c3 -i0.05 -W1 {} >/dev/null", p.ip));
+    }
+    let mut tcp = vec![Vec::new(); paths.len()];
+    let mut udp = vec![Vec::new(); paths.len()];
+    let mut rtt = vec![Vec::new(); paths.len()];
+    for _ in 0..rounds {
+        for (i, p) in paths.iter().enumerate() {
+            tcp[i].push(tcp_gbps(p));
+            udp[i].push(udp_kpps(p));
+            rtt[i].push(rtt_us(p));
+        }
+    }
+    paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Row {
+            name: p.name,
+            tcp_gbps: median(&mut tcp[i]),
+            udp_kpps: median(&mut udp[i]),
+            rtt_us: median(&mut rtt[i]),
+        })
+        .collect()
+}
+
+fn podnet(backend: Backend) -> Path {
     let mut lab = Lab::new(Opts {
         nodes: 2,
         backend,
@@ -119,41 +151,59 @@ fn podnet(backend: Backend) -> Row {
     });
     lab.default_config(false);
     lab.start_all();
-    let a = lab.add_pod(0);
-    let b = lab.add_pod(1);
+    lab.add_pod(0);
+    lab.add_pod(1);
     lab.assert_all_reach_eventually();
     let name = match backend {
         Backend::HostGw => "podnet host-gw (pod→pod)",
         Backend::Vxlan => "podnet VXLAN (pod→pod)",
     };
-    let ip = lab.pods[b].v4.clone();
-    measure(name, &lab.pods[a].ns, &lab.pods[b].ns, &ip)
+    let server = lab.pods.pop().unwrap();
+    let client = lab.pods.pop().unwrap();
+    let srv = iperf_server(&server.ns);
+    Path {
+        name,
+        ip: server.v4.clone(),
+        client: client.ns,
+        server: server.ns,
+        _srv: srv,
+        _keep: Box::new(lab),
+    }
 }
 
-fn underlay() -> Row {
-    let c = Cluster::new(
+fn two_nodes() -> Cluster {
+    Cluster::new(
         2,
         ClusterOptions {
             ipv6: false,
             mtu: 1500,
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+fn underlay() -> Path {
+    let mut c = two_nodes();
     let ip = c.nodes[1].ip.clone();
-    measure("underlay (node→node)", &c.nodes[0].ns, &c.nodes[1].ns, &ip)
+    // The endpoints are the node namespaces themselves: take them out of the
+    // cluster (the switch stays in `_keep`).
+    let server = c.nodes.pop().unwrap().ns;
+    let client = c.nodes.pop().unwrap().ns;
+    let srv = iperf_server(&server);
+    Path {
+        name: "underlay (node→node)",
+        ip,
+        client,
+        server,
+        _srv: srv,
+        _keep: Box::new(c),
+    }
 }
 
 /// flannel's VXLAN data path, built with iproute2 exactly as flanneld and
 /// its bridge delegate leave it.
-fn flannel_by_hand() -> Row {
-    let c = Cluster::new(
-        2,
-        ClusterOptions {
-            ipv6: false,
-            mtu: 1500,
-        },
-    )
-    .unwrap();
+fn flannel_by_hand() -> Path {
+    let c = two_nodes();
     let macs = ["02:fa:00:00:00:01", "02:fa:00:00:00:02"];
     let mut pods = Vec::new();
     for (i, n) in c.nodes.iter().enumerate() {
@@ -194,14 +244,17 @@ fn flannel_by_hand() -> Row {
             .unwrap();
         }
     }
-    let row = measure(
-        "flannel-style VXLAN by hand (pod→pod)",
-        &pods[0],
-        &pods[1],
-        "10.245.2.2",
-    );
-    drop(pods);
-    row
+    let server = pods.pop().unwrap();
+    let client = pods.pop().unwrap();
+    let srv = iperf_server(&server);
+    Path {
+        name: "flannel-style VXLAN by hand (pod→pod)",
+        ip: "10.245.2.2".into(),
+        client,
+        server,
+        _srv: srv,
+        _keep: Box::new(c),
+    }
 }
 
 fn count_routes(lab: &Lab, i: usize) -> usize {
@@ -278,16 +331,18 @@ fn main() {
     if !netns_fixtures::require_root() {
         return;
     }
-    let rows = vec![
+    let paths = vec![
         underlay(),
         podnet(Backend::HostGw),
         podnet(Backend::Vxlan),
         flannel_by_hand(),
     ];
+    let rows = measure_all(&paths, 3);
+    drop(paths);
     let base = &rows[0];
     let flannel = &rows[3];
     println!(
-        "\nPod-to-pod across two nodes (iperf3 {}s per test, 1 stream; UDP 64-byte datagrams, unlimited rate; ping 500 × 2 ms; median of 3 iperf3 runs)\n",
+        "\nPod-to-pod across two nodes (iperf3 {}s per test, 1 stream; UDP 64-byte datagrams, unlimited rate; ping 300 × 2 ms; median of 3 interleaved rounds)\n",
         secs()
     );
     println!(

@@ -170,6 +170,21 @@ fn killed_agent_then_repairs(b: Backend) {
     lab.assert_all_reach_eventually();
 }
 
+fn address_change(b: Backend) {
+    let mut lab = basic_lab(b, false, 3);
+    lab.cluster.nodes[1].stop_agent(Duration::from_secs(5));
+    let ns = &lab.cluster.nodes[1].ns;
+    ns.sh("ip addr del 10.90.0.2/24 dev eth0 && ip addr add 10.90.0.102/24 dev eth0")
+        .unwrap();
+    lab.cluster.nodes[1].ip = "10.90.0.102".into();
+    lab.start_agent(1);
+    let what = "others use node 2's new address";
+    lab.wait_entries(&[0, 2], what, |e| {
+        e.contains("10.90.0.102") && !e.contains("10.90.0.2 ")
+    });
+    lab.assert_all_reach_eventually();
+}
+
 macro_rules! both {
     ($name:ident, $f:expr) => {
         mod $name {
@@ -200,3 +215,4 @@ both!(
     agent_killed_traffic_continues_and_repairs,
     killed_agent_then_repairs
 );
+both!(node_address_change_propagates, address_change);

@@ -506,8 +506,8 @@ fn neigh_ip(n: &NeighbourMessage) -> Option<IpAddr> {
         // FDB dumps are AF_BRIDGE, so the parser cannot tell the address family
         // and leaves NDA_DST raw: its length does.
         NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
-            4 => <[u8; 4]>::try_from(&b[..]).ok().map(|a| IpAddr::from(a)),
-            16 => <[u8; 16]>::try_from(&b[..]).ok().map(|a| IpAddr::from(a)),
+            4 => <[u8; 4]>::try_from(&b[..]).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(&b[..]).ok().map(IpAddr::from),
             _ => None,
         },
         _ => None,
