@@ -4,7 +4,10 @@
 //! encode the datagram, and for the kernel to validate and commit it (sendmsg
 //! to last ACK). Then, against that loaded map, the latency of small update
 //! transactions (delete one element + add it with another verdict), as a
-//! service proxy sends on an endpoint change. For reference, the same ruleset
+//! service proxy sends on an endpoint change, and of one-element updates of a
+//! plain (non-verdict) set in the same table. The kernel re-validates every
+//! chain reachable from base chains, walking verdict maps, whenever a
+//! transaction adds a jump/goto; plain set updates skip that. For reference, the same ruleset
 //! loaded with `nft -f` (process start included). Needs root; prints a table.
 //!
 //! Run: `cargo bench -p podnet-nft --bench commit`
@@ -57,6 +60,7 @@ fn build(n: u32) -> Result<Batch> {
         })
         .collect();
     b.add_elements(F, T, "service-ips", &elems)?;
+    b.add_set(&Set::new(F, T, "plain", DataType::Ipv4Addr))?;
     b.add_rule(&Rule::new(F, T, "pre").vmap(
         &[Field::IpDaddr, Field::L4Proto, Field::ThDport],
         SetRef::named("service-ips"),
@@ -101,7 +105,27 @@ struct Row {
     encode: Duration,
     kernel: Duration,
     update: Duration,
+    plain_update: Duration,
     nft: Duration,
+}
+
+/// Median time of `UPDATES` transactions adding one element to (and
+/// removing the previous one from) a plain set.
+fn plain_updates(n: &mut Nft) -> Duration {
+    let mut times = Vec::with_capacity(UPDATES as usize);
+    for k in 0..UPDATES {
+        let mut b = Batch::new();
+        if k > 0 {
+            b.delete_elements(F, T, "plain", &[SetElem::new(&[Val::Ipv4(elem_ip(k - 1))])])
+                .expect("encode delete");
+        }
+        b.add_elements(F, T, "plain", &[SetElem::new(&[Val::Ipv4(elem_ip(k))])])
+            .expect("encode add");
+        let t = Instant::now();
+        n.apply(&b).expect("apply plain update");
+        times.push(t.elapsed());
+    }
+    median(times)
 }
 
 const UPDATES: u32 = 50;
@@ -131,22 +155,23 @@ fn updates(n: &mut Nft, size: u32) -> Duration {
 
 fn measure(n: u32) -> Row {
     let (mut builds, mut encodes, mut kernels, mut nfts) = (vec![], vec![], vec![], vec![]);
-    let mut ups = vec![];
+    let (mut ups, mut plain) = (vec![], vec![]);
     let (mut messages, mut bytes) = (0, 0);
     for _ in 0..RUNS {
         let t = Instant::now();
         let batch = build(n).expect("build batch");
         builds.push(t.elapsed());
         let ns = Netns::new("nftbench").expect("create netns");
-        let (stats, up) = ns
+        let (stats, up, pl) = ns
             .enter(|| {
                 let mut nft = Nft::new()?;
                 let stats = nft.apply_timed(&batch)?;
-                Ok::<_, Error>((stats, updates(&mut nft, n)))
+                Ok::<_, Error>((stats, updates(&mut nft, n), plain_updates(&mut nft)))
             })
             .expect("enter netns")
             .expect("apply batch");
         ups.push(up);
+        plain.push(pl);
         messages = stats.messages;
         bytes = stats.bytes;
         encodes.push(stats.encode);
@@ -178,6 +203,7 @@ fn measure(n: u32) -> Row {
         encode: median(encodes),
         kernel: median(kernels),
         update: median(ups),
+        plain_update: median(plain),
         nft: median(nfts),
     }
 }
@@ -197,12 +223,12 @@ fn main() {
     println!("one transaction: table + {CHAINS} chains + base chain + vmap rule + N-element");
     println!("`ipv4_addr . inet_proto . inet_service : verdict` map; median of {RUNS} runs, fresh netns each");
     println!();
-    println!("| elements | messages | datagram KiB | build ms | encode ms | kernel commit ms | encode+commit ms | 1-element update ms | nft -f ms |");
-    println!("|---------:|---------:|-------------:|---------:|----------:|-----------------:|-----------------:|--------------------:|----------:|");
+    println!("| elements | messages | datagram KiB | build ms | encode ms | kernel commit ms | encode+commit ms | vmap goto update ms | plain set update ms | nft -f ms |");
+    println!("|---------:|---------:|-------------:|---------:|----------:|-----------------:|-----------------:|--------------------:|--------------------:|----------:|");
     for n in sizes {
         let r = measure(n);
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.n,
             r.messages,
             r.bytes / 1024,
@@ -211,6 +237,7 @@ fn main() {
             ms(r.kernel),
             ms(r.encode + r.kernel),
             ms(r.update),
+            ms(r.plain_update),
             ms(r.nft),
         );
     }
