@@ -86,3 +86,35 @@ pub async fn install(cluster_cidrs: &[IpNetwork]) -> Result<(), String> {
     .await
     .map_err(|e| format!("masquerade task: {e}"))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn described(b: &Batch) -> Vec<String> {
+        (0..b.len())
+            .map(|i| b.describe(i).unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn dual_stack_batch_replaces_both_tables_with_exempt_then_masquerade_rules() {
+        let b = batch(&[
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10:244::/56".parse().unwrap(),
+        ])
+        .unwrap();
+        let d = described(&b);
+        // Per family: destroy, table, chain, pod→pod accept, multicast accept, masquerade.
+        assert_eq!(d.len(), 12, "{d:?}");
+        assert!(d[0].contains("destroy") && d[0].contains("ip "), "{d:?}");
+        assert!(d[6].contains("destroy") && d[6].contains("ip6"), "{d:?}");
+    }
+
+    #[test]
+    fn single_stack_batch_only_removes_the_other_family() {
+        let d = described(&batch(&["10.244.0.0/16".parse().unwrap()]).unwrap());
+        assert_eq!(d.len(), 7, "{d:?}");
+        assert!(d[6].contains("destroy") && d[6].contains("ip6"), "{d:?}");
+    }
+}
