@@ -218,11 +218,11 @@ pub struct Present {
 }
 
 impl Present {
-    /// Records the rules listed for one table.
-    pub fn add_rules(&mut self, rules: &[RuleInfo]) {
+    /// Records the rules listed for one table, as the (family, chain) of each rule.
+    pub fn add_rules<'a>(&mut self, rules: impl IntoIterator<Item = (Family, &'a str)>) {
         let mut counts: HashMap<(Family, &str), usize> = HashMap::new();
         for r in rules {
-            *counts.entry((r.family, r.chain.as_str())).or_default() += 1;
+            *counts.entry(r).or_default() += 1;
         }
         for ((fam, chain), n) in counts {
             let want = if chain == POSTROUTING || chain == MACSPOOF {
@@ -405,7 +405,7 @@ impl Session {
         }
         for fam in fams {
             let rules = self.rules(fam)?;
-            present.add_rules(&rules);
+            present.add_rules(rules.iter().map(|r| (r.family, r.chain.as_str())));
         }
         let b = add_batch(owner, ips, spoof, &present)?;
         if b.is_empty() {
@@ -527,23 +527,15 @@ mod tests {
         assert!(!all.iter().any(|o| o.contains("ip6")), "{all:?}");
 
         // With the layout in place only elements are sent: no flush, no rules.
-        let rule = |chain: &str| RuleInfo {
-            family: Family::Ip,
-            table: TABLE.into(),
-            chain: chain.into(),
-            handle: 1,
-            position: None,
-            exprs: vec![],
-            comment: None,
-        };
+        let rule = |chain: &'static str| (Family::Ip, chain);
         let sub = "masq-10.22.0.0-16";
         let mut present = Present::default();
-        present.add_rules(&[rule(POSTROUTING), rule(sub), rule(sub), rule(sub)]);
+        present.add_rules([rule(POSTROUTING), rule(sub), rule(sub), rule(sub)]);
         let only = ops(&add_batch(&owner("abc"), &ips, None, &present).unwrap());
         assert!(only.iter().all(|o| o.contains("element")), "{only:?}");
         // A chain missing a rule is declared again.
         let mut partial = Present::default();
-        partial.add_rules(&[rule(POSTROUTING), rule(sub)]);
+        partial.add_rules([rule(POSTROUTING), rule(sub)]);
         let again = ops(&add_batch(&owner("abc"), &ips, None, &partial).unwrap());
         assert!(again.iter().any(|o| o.contains("flush")), "{again:?}");
 
