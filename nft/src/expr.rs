@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::attr::AttrWriter;
 use crate::error::Result;
 use crate::sys;
-use crate::types::{round4, DataType, Reg, Val, Verdict};
+use crate::types::{round4, DataType, Reg, Verdict};
 
 /// Payload header base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -864,9 +864,4 @@ pub fn load_concat(fields: &[Field]) -> Result<(Vec<Expr>, Reg)> {
         )));
     }
     Ok((exprs, Reg::first()))
-}
-
-/// Convenience: a `Val` from a field-typed u32 (marks, ct state bits...).
-pub fn host_u32(v: u32) -> Val {
-    Val::U32(v)
 }

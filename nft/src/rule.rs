@@ -321,8 +321,7 @@ impl Rule {
         })
     }
 
-    /// `meta mark set mark ^ bits` after `mark & bits`: clears `bits`
-    /// (`meta mark set mark and ~bits`).
+    /// `meta mark set mark & ~bits`: clears `bits`.
     pub fn mark_clear(self, bits: u32) -> Rule {
         let r = Reg::first();
         self.expr(Expr::Meta {
