@@ -208,8 +208,12 @@ fn bad_input_fails_with_its_code_and_leaves_nothing() {
     // Subnet exhausted: a /30 has one address besides the gateway.
     let tiny = node.conf("1.1.0", "10.23.0.0/30", json!({"ipMasq": true}));
     let first = pod();
+    node.call("STATUS", &tiny, "", None, "")
+        .expect_ok("STATUS with free addresses");
     let r = node.add(&tiny, &cid(), &first);
     assert_eq!(result_ip(&r), "10.23.0.2");
+    // STATUS is the IPAM's: no address left is code 50.
+    assert_eq!(node.call("STATUS", &tiny, "", None, "").code(), Some(50));
     let before = host_state(&node);
     let reply = node.call("ADD", &tiny, &cid(), Some(p.path()), "eth0");
     assert!(!reply.ok);
