@@ -38,7 +38,8 @@ struct Path {
     /// Owns the namespaces (dropped last).
     _keep: Box<dyn std::any::Any>,
     client: Netns,
-    server: Netns,
+    /// Kept so the server namespace lives as long as the path.
+    _server: Netns,
     ip: String,
     _srv: ChildGuard,
 }
@@ -165,7 +166,7 @@ fn podnet(backend: Backend) -> Path {
         name,
         ip: server.v4.clone(),
         client: client.ns,
-        server: server.ns,
+        _server: server.ns,
         _srv: srv,
         _keep: Box::new(lab),
     }
@@ -194,7 +195,7 @@ fn underlay() -> Path {
         name: "underlay (node→node)",
         ip,
         client,
-        server,
+        _server: server,
         _srv: srv,
         _keep: Box::new(c),
     }
@@ -251,7 +252,7 @@ fn flannel_by_hand() -> Path {
         name: "flannel-style VXLAN by hand (pod→pod)",
         ip: "10.245.2.2".into(),
         client,
-        server,
+        _server: server,
         _srv: srv,
         _keep: Box::new(c),
     }

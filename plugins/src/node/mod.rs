@@ -80,6 +80,8 @@ pub enum AgentError {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     Lease(#[from] crate::lease::LeaseError),
+    #[error("lost this node's pod subnets: {0}")]
+    LostSubnet(String),
     #[error("installing masquerade rules: {0}")]
     Masq(String),
 }
@@ -117,7 +119,14 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             }
         })?);
     let subnets = claim_subnets(&*store, &opts.node_name, &cfg, &*store_lease).await?;
-    let keepalive = tokio::spawn(keep_alive(store_lease.clone(), opts.lease_ttl));
+    let mut keepalive = tokio::spawn(keep_alive(
+        store.clone(),
+        store_lease,
+        opts.lease_ttl,
+        opts.node_name.clone(),
+        cfg.clone(),
+        subnets.clone(),
+    ));
 
     let local = LocalNode {
         name: opts.node_name.clone(),
@@ -170,6 +179,9 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             },
             _ = resync.tick() => true,
             _ = &mut shutdown => break,
+            lost = &mut keepalive => {
+                return Err(lost.unwrap_or_else(|e| AgentError::LostSubnet(format!("the lease renewal task ended: {e}"))));
+            }
         };
         if full {
             if let Some(s) = &vx_spec {
@@ -298,12 +310,44 @@ async fn wait_for_config(
     }
 }
 
-async fn keep_alive(lease: Arc<dyn Lease>, ttl: Duration) {
+/// Renews the store lease that holds the subnet claims. When renewal fails
+/// (the lease expired during a long store outage), claims again under a new
+/// lease: the same subnets keep everything as it is; different ones end the
+/// agent with an error (pods on this node have addresses of the old subnet),
+/// so it is restarted with a clean slate. Returns only that error.
+async fn keep_alive(
+    store: Arc<dyn Store>,
+    mut lease: Arc<dyn Lease>,
+    ttl: Duration,
+    node: String,
+    cfg: ClusterConfig,
+    subnets: Vec<ipnetwork::IpNetwork>,
+) -> AgentError {
     let every = (ttl / 3).max(Duration::from_millis(100));
     loop {
         tokio::time::sleep(every).await;
-        if let Err(e) = lease.keep_alive().await {
-            tracing::warn!(error = %e, "renewing the subnet lease");
+        let Err(e) = lease.keep_alive().await else {
+            continue;
+        };
+        tracing::warn!(error = %e, "renewing the subnet lease; claiming again");
+        let fresh: Arc<dyn Lease> = match store.grant_lease(ttl).await {
+            Ok(l) => Arc::from(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "granting a new store lease");
+                continue;
+            }
+        };
+        match claim_subnets(&*store, &node, &cfg, &*fresh).await {
+            Ok(s) if s == subnets => {
+                tracing::info!(subnets = ?s, "subnets claimed again under a new store lease");
+                lease = fresh;
+            }
+            Ok(s) => {
+                return AgentError::LostSubnet(format!(
+                "held {subnets:?}, but after the store lease expired only {s:?} could be claimed"
+            ))
+            }
+            Err(e) => tracing::warn!(error = %e, "claiming the subnets again"),
         }
     }
 }
