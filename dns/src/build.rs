@@ -8,12 +8,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::ServiceSpec;
 use podnet_state::object::{EndpointSlice, Pod, Service, SERVICE_NAME_LABEL};
 use podnet_state::{ChangeSet, Kind, NamespacedName, Snapshot};
 
 use crate::index::{
-    dashed_ip, EndpointRecords, Index, NamespaceEntry, ServiceEntry, ServiceKind, SrvRecords,
-    SrvTable, ZoneConfig,
+    dashed_ip, EndpointRecords, Index, NamespaceEntry, ServiceEntry, ServiceKind, SrvName,
+    SrvRecords, ZoneConfig,
 };
 use crate::wire::{
     self, RrList, PTR_TO_QNAME, TYPE_CNAME, TYPE_NS, TYPE_PTR, TYPE_SOA, TYPE_SRV, TYPE_TXT,
@@ -47,7 +48,8 @@ pub fn service_entry(
     let name = label(svc.metadata.name.as_deref()?)?;
     let ns = label(svc.metadata.namespace.as_deref().unwrap_or("default"))?;
     let svc_name = cfg.name(&[&name, &ns, b"svc"]);
-    let spec = svc.spec.clone().unwrap_or_default();
+    let no_spec = ServiceSpec::default();
+    let spec = svc.spec.as_ref().unwrap_or(&no_spec);
     let ttl = cfg.ttl;
     if spec.type_.as_deref() == Some("ExternalName") {
         let target = wire::text_to_wire(spec.external_name.as_deref()?)?;
@@ -60,7 +62,8 @@ pub fn service_entry(
             entry: ServiceEntry {
                 kind: ServiceKind::External { cname, target },
                 endpoints: HashMap::new(),
-                srv: HashMap::new(),
+                srv: Box::default(),
+                ptr_ips: Box::default(),
             },
             ptrs: Vec::new(),
         });
@@ -151,15 +154,16 @@ pub fn service_entry(
         }
     }
 
-    let mut srv: SrvTable = HashMap::new();
-    let mut add_srv = |proto: &[u8], port_name: &[u8], recs: SrvRecords| {
-        let mut p = b"_".to_vec();
-        p.extend_from_slice(proto);
-        let mut n = b"_".to_vec();
-        n.extend_from_slice(port_name);
-        srv.entry(p.into_boxed_slice())
-            .or_default()
-            .insert(n.into_boxed_slice(), recs);
+    let mut srv: Vec<SrvName> = Vec::new();
+    let mut add_srv = |proto: &[u8], port_name: &[u8], mut records: SrvRecords| {
+        let underscored = |l: &[u8]| -> Box<[u8]> { [b"_", l].concat().into_boxed_slice() };
+        records.srv.shrink();
+        records.additional.shrink();
+        srv.push(SrvName {
+            port: underscored(port_name),
+            proto: underscored(proto),
+            records,
+        });
     };
     let kind = if headless {
         for ((proto, pname), targets) in &srv_targets {
@@ -224,15 +228,27 @@ pub fn service_entry(
         }
         ServiceKind::Cluster { a, aaaa }
     };
+    let mut kind = kind;
+    match &mut kind {
+        ServiceKind::Cluster { a, aaaa } | ServiceKind::Headless { a, aaaa } => {
+            a.shrink();
+            aaaa.shrink();
+        }
+        ServiceKind::External { cname, .. } => cname.shrink(),
+    }
     for e in endpoints.values_mut() {
         e.a.shrink();
         e.aaaa.shrink();
     }
+    let mut ptr_ips: Vec<IpAddr> = ptrs.iter().map(|(ip, _)| *ip).collect();
+    ptr_ips.sort();
+    ptr_ips.dedup();
     Some(BuiltService {
         entry: ServiceEntry {
             kind,
             endpoints,
-            srv,
+            srv: srv.into_boxed_slice(),
+            ptr_ips: ptr_ips.into_boxed_slice(),
         },
         ptrs,
     })
@@ -269,14 +285,48 @@ fn pod_ips(p: &Pod) -> Vec<IpAddr> {
     v
 }
 
+/// PTR records for `targets` (sorted, deduplicated: full builds and
+/// incremental updates give byte-identical lists).
+fn ptr_records(ttl: u32, targets: &mut Vec<Vec<u8>>) -> RrList {
+    targets.sort();
+    targets.dedup();
+    let mut l = RrList::new();
+    for t in targets.iter() {
+        l.push(&PTR_TO_QNAME, TYPE_PTR, ttl, t);
+    }
+    l.shrink();
+    l
+}
+
+/// True when `target` is `svc_name` or a name under it (an endpoint of that service).
+fn owned_by(target: &[u8], svc_name: &[u8]) -> bool {
+    if target == svc_name {
+        return true;
+    }
+    if !target.ends_with(svc_name) || target.len() == svc_name.len() {
+        return false;
+    }
+    // Label-aligned suffix: walk the labels of `target`.
+    let want = target.len() - svc_name.len();
+    let mut pos = 0;
+    while pos < want {
+        pos += 1 + target[pos] as usize;
+    }
+    pos == want
+}
+
+fn lower_key(s: &str) -> Box<[u8]> {
+    s.to_ascii_lowercase().into_bytes().into_boxed_slice()
+}
+
 /// Keeps the bookkeeping for incremental updates and publishes indexes.
+///
+/// Memory matters (10k services should stay a few MB): PTR owners are not
+/// kept separately; a PTR record belongs to the service whose name its
+/// target is or ends with, and each `ServiceEntry` lists its PTR addresses.
 pub struct IndexBuilder {
     cfg: Arc<ZoneConfig>,
     current: Index,
-    /// PTR contributions of each service.
-    svc_ptrs: HashMap<NamespacedName, Vec<(IpAddr, Vec<u8>)>>,
-    /// Address -> (service, target) pairs, ordered so answers are stable.
-    ptr_owners: HashMap<IpAddr, BTreeSet<(NamespacedName, Vec<u8>)>>,
     slice_owner: HashMap<NamespacedName, String>,
     pod_addrs: HashMap<NamespacedName, Vec<IpAddr>>,
     ns_objects: HashSet<String>,
@@ -301,8 +351,6 @@ impl IndexBuilder {
         let mut b = IndexBuilder {
             cfg,
             current,
-            svc_ptrs: HashMap::new(),
-            ptr_owners: HashMap::new(),
             slice_owner: HashMap::new(),
             pod_addrs: HashMap::new(),
             ns_objects: HashSet::new(),
@@ -311,7 +359,7 @@ impl IndexBuilder {
         b
     }
 
-    /// The index before any snapshot: not synced, so cluster names SERVFAIL.
+    /// The index as it is now (before any snapshot: not synced, so cluster names SERVFAIL).
     pub fn index(&self) -> Arc<Index> {
         Arc::new(self.current.clone())
     }
@@ -331,7 +379,8 @@ impl IndexBuilder {
             minimum: c.negative_ttl,
         });
         // The SOA sits in the authority section of negative answers, whose
-        // owner is not the question: write the zone name in full.
+        // owner is not the question: the zone name is written in full (also
+        // valid when it answers an SOA question for the apex).
         soa.push(&c.zone, TYPE_SOA, c.negative_ttl, &rdata);
         let mut apex_ns = RrList::new();
         apex_ns.push(&PTR_TO_QNAME, TYPE_NS, c.ttl, &ns_name);
@@ -352,8 +401,6 @@ impl IndexBuilder {
             &wire::txt_rdata(SCHEMA_VERSION),
         );
         let cur = &mut self.current;
-        // SOA answers to a question for the apex use the same record: the
-        // owner written in full is equally valid there.
         cur.soa = soa;
         cur.apex_ns = apex_ns;
         cur.ns_glue = glue;
@@ -363,35 +410,30 @@ impl IndexBuilder {
 
     /// Rebuilds everything from `snap`.
     pub fn full(&mut self, snap: &Snapshot) -> Arc<Index> {
-        self.svc_ptrs.clear();
-        self.ptr_owners.clear();
         self.slice_owner.clear();
         self.pod_addrs.clear();
         self.ns_objects = snap.namespaces.keys().cloned().collect();
         let mut namespaces: HashMap<Box<[u8]>, NamespaceEntry> = HashMap::new();
         for ns in &self.ns_objects {
-            namespaces
-                .entry(ns.to_ascii_lowercase().into_bytes().into())
-                .or_default();
+            namespaces.entry(lower_key(ns)).or_default();
         }
         for (k, s) in &snap.endpoint_slices {
             if let Some(svc) = slice_service(s) {
                 self.slice_owner.insert(k.clone(), svc);
             }
         }
-        // Group slices per service once instead of scanning per service.
+        // Group slices per service once instead of scanning per service
+        // (BTreeMap order: the same slice order as `slices_of`).
         let mut by_svc: HashMap<NamespacedName, Vec<&EndpointSlice>> = HashMap::new();
-        for (k, svc) in &self.slice_owner {
-            if let Some(s) = snap.endpoint_slices.get(k) {
+        for (k, s) in &snap.endpoint_slices {
+            if let Some(svc) = self.slice_owner.get(k) {
                 by_svc
                     .entry(NamespacedName::new(&k.namespace, svc))
                     .or_default()
                     .push(s);
             }
         }
-        for v in by_svc.values_mut() {
-            v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        }
+        let mut ptr_targets: HashMap<IpAddr, Vec<Vec<u8>>> = HashMap::new();
         let mut total = 0;
         for (key, svc) in &snap.services {
             let slices = by_svc.get(key).map(|v| v.as_slice()).unwrap_or(&[]);
@@ -400,33 +442,24 @@ impl IndexBuilder {
             };
             total += 1;
             namespaces
-                .entry(key.namespace.to_ascii_lowercase().into_bytes().into())
+                .entry(lower_key(&key.namespace))
                 .or_default()
                 .services
-                .insert(
-                    key.name.to_ascii_lowercase().into_bytes().into(),
-                    Arc::new(built.entry),
-                );
-            for (ip, target) in &built.ptrs {
-                self.ptr_owners
-                    .entry(*ip)
-                    .or_default()
-                    .insert((key.clone(), target.clone()));
+                .insert(lower_key(&key.name), Arc::new(built.entry));
+            for (ip, target) in built.ptrs {
+                ptr_targets.entry(ip).or_default().push(target);
             }
-            self.svc_ptrs.insert(key.clone(), built.ptrs);
         }
-        let ptr = self
-            .ptr_owners
-            .iter()
-            .map(|(ip, owners)| (*ip, Arc::new(self.ptr_records(owners))))
+        let ttl = self.cfg.ttl;
+        let ptr = ptr_targets
+            .into_iter()
+            .map(|(ip, mut t)| (ip, Arc::new(ptr_records(ttl, &mut t))))
             .collect();
         let mut pods: HashMap<IpAddr, Vec<Box<[u8]>>> = HashMap::new();
         for (k, p) in &snap.pods {
             let ips = pod_ips(p);
             for ip in &ips {
-                pods.entry(*ip)
-                    .or_default()
-                    .push(k.namespace.to_ascii_lowercase().into_bytes().into());
+                pods.entry(*ip).or_default().push(lower_key(&k.namespace));
             }
             self.pod_addrs.insert(k.clone(), ips);
         }
@@ -444,15 +477,44 @@ impl IndexBuilder {
         self.index()
     }
 
-    fn ptr_records(&self, owners: &BTreeSet<(NamespacedName, Vec<u8>)>) -> RrList {
-        let mut l = RrList::new();
-        let mut done: HashSet<&[u8]> = HashSet::new();
-        for (_, target) in owners {
-            if done.insert(target) {
-                l.push(&PTR_TO_QNAME, TYPE_PTR, self.cfg.ttl, target);
+    /// Replaces the PTR records `key` contributes: drops its old targets at
+    /// `old_ips`, adds `new` (address, target) pairs.
+    fn replace_ptrs(
+        &mut self,
+        key: &NamespacedName,
+        old_ips: &[IpAddr],
+        new: &[(IpAddr, Vec<u8>)],
+    ) {
+        if old_ips.is_empty() && new.is_empty() {
+            return;
+        }
+        let svc_name = self
+            .cfg
+            .name(&[key.name.as_bytes(), key.namespace.as_bytes(), b"svc"]);
+        let mut touched: Vec<IpAddr> = old_ips.to_vec();
+        touched.extend(new.iter().map(|(ip, _)| *ip));
+        touched.sort();
+        touched.dedup();
+        let ttl = self.cfg.ttl;
+        let ptr = Arc::make_mut(&mut self.current.ptr);
+        for ip in touched {
+            let mut targets: Vec<Vec<u8>> = ptr
+                .get(&ip)
+                .map(|l| {
+                    l.records()
+                        .map(wire::record_rdata)
+                        .filter(|t| !owned_by(t, &svc_name))
+                        .map(|t| t.to_vec())
+                        .collect()
+                })
+                .unwrap_or_default();
+            targets.extend(new.iter().filter(|(i, _)| *i == ip).map(|(_, t)| t.clone()));
+            if targets.is_empty() {
+                ptr.remove(&ip);
+            } else {
+                ptr.insert(ip, Arc::new(ptr_records(ttl, &mut targets)));
             }
         }
-        l
     }
 
     /// Applies one change set; a `full_resync` rebuilds from its snapshot.
@@ -481,31 +543,7 @@ impl IndexBuilder {
                         self.slice_owner.insert(k, new);
                     }
                 }
-                Kind::Pod => {
-                    let k = nn();
-                    let ips = snap.pods.get(&k).map(|p| pod_ips(p)).unwrap_or_default();
-                    let old = self.pod_addrs.remove(&k).unwrap_or_default();
-                    if old != ips {
-                        let pods = Arc::make_mut(&mut self.current.pods);
-                        let ns: Box<[u8]> = k.namespace.to_ascii_lowercase().into_bytes().into();
-                        for ip in &old {
-                            if let Some(v) = pods.get_mut(ip) {
-                                if let Some(pos) = v.iter().position(|n| *n == ns) {
-                                    v.remove(pos);
-                                }
-                                if v.is_empty() {
-                                    pods.remove(ip);
-                                }
-                            }
-                        }
-                        for ip in &ips {
-                            pods.entry(*ip).or_default().push(ns.clone());
-                        }
-                    }
-                    if !ips.is_empty() {
-                        self.pod_addrs.insert(k, ips);
-                    }
-                }
+                Kind::Pod => self.pod_changed(snap, nn()),
                 Kind::Namespace => {
                     namespaces_changed = true;
                     if snap.namespaces.contains_key(&key.name) {
@@ -513,54 +551,39 @@ impl IndexBuilder {
                     } else {
                         self.ns_objects.remove(&key.name);
                     }
-                    let lname: Box<[u8]> = key.name.to_ascii_lowercase().into_bytes().into();
-                    let nss = Arc::make_mut(&mut self.current.namespaces);
-                    nss.entry(lname).or_default();
+                    Arc::make_mut(&mut self.current.namespaces)
+                        .entry(lower_key(&key.name))
+                        .or_default();
                 }
                 _ => {}
             }
         }
-        let mut touched_ips: HashSet<IpAddr> = HashSet::new();
-        let mut touched_ns: HashSet<String> = HashSet::new();
         for key in &services {
-            touched_ns.insert(key.namespace.clone());
-            if let Some(old) = self.svc_ptrs.remove(key) {
-                for (ip, target) in old {
-                    if let Some(set) = self.ptr_owners.get_mut(&ip) {
-                        set.remove(&(key.clone(), target));
-                        if set.is_empty() {
-                            self.ptr_owners.remove(&ip);
-                        }
-                    }
-                    touched_ips.insert(ip);
-                }
-            }
             let built = snap
                 .services
                 .get(key)
                 .and_then(|svc| service_entry(&self.cfg, svc, &slices_of(snap, key)));
             let nss = Arc::make_mut(&mut self.current.namespaces);
-            let lns: Box<[u8]> = key.namespace.to_ascii_lowercase().into_bytes().into();
-            let lname: Box<[u8]> = key.name.to_ascii_lowercase().into_bytes().into();
-            let entry = Arc::make_mut(nss.entry(lns).or_default());
-            match built {
+            let entry = Arc::make_mut(nss.entry(lower_key(&key.namespace)).or_default());
+            let lname = lower_key(&key.name);
+            let old_ips = entry
+                .services
+                .get(&lname)
+                .map(|e| e.ptr_ips.clone())
+                .unwrap_or_default();
+            let new_ptrs = match built {
                 Some(b) => {
-                    for (ip, target) in &b.ptrs {
-                        self.ptr_owners
-                            .entry(*ip)
-                            .or_default()
-                            .insert((key.clone(), target.clone()));
-                        touched_ips.insert(*ip);
-                    }
-                    self.svc_ptrs.insert(key.clone(), b.ptrs);
                     entry.services.insert(lname, Arc::new(b.entry));
+                    b.ptrs
                 }
                 None => {
                     entry.services.remove(&lname);
+                    Vec::new()
                 }
-            }
+            };
+            self.replace_ptrs(key, &old_ips, &new_ptrs);
         }
-        if namespaces_changed || !touched_ns.is_empty() {
+        if namespaces_changed || !services.is_empty() {
             // Drop namespaces that neither exist as objects nor hold services.
             let ns_objects = &self.ns_objects;
             let nss = Arc::make_mut(&mut self.current.namespaces);
@@ -571,23 +594,6 @@ impl IndexBuilder {
                         .any(|n| n.as_bytes().eq_ignore_ascii_case(k))
             });
         }
-        if !touched_ips.is_empty() {
-            let mut updates = Vec::with_capacity(touched_ips.len());
-            for ip in &touched_ips {
-                updates.push((*ip, self.ptr_owners.get(ip).map(|o| self.ptr_records(o))));
-            }
-            let ptr = Arc::make_mut(&mut self.current.ptr);
-            for (ip, recs) in updates {
-                match recs {
-                    Some(r) => {
-                        ptr.insert(ip, Arc::new(r));
-                    }
-                    None => {
-                        ptr.remove(&ip);
-                    }
-                }
-            }
-        }
         self.current.services_total = self
             .current
             .namespaces
@@ -597,5 +603,53 @@ impl IndexBuilder {
         self.current.synced = snap.synced;
         self.zone_records(snap.revision);
         self.index()
+    }
+
+    fn pod_changed(&mut self, snap: &Snapshot, k: NamespacedName) {
+        let ips = snap.pods.get(&k).map(|p| pod_ips(p)).unwrap_or_default();
+        let old = self.pod_addrs.remove(&k).unwrap_or_default();
+        if old != ips {
+            let pods = Arc::make_mut(&mut self.current.pods);
+            let ns = lower_key(&k.namespace);
+            for ip in &old {
+                if let Some(v) = pods.get_mut(ip) {
+                    if let Some(pos) = v.iter().position(|n| *n == ns) {
+                        v.remove(pos);
+                    }
+                    if v.is_empty() {
+                        pods.remove(ip);
+                    }
+                }
+            }
+            for ip in &ips {
+                pods.entry(*ip).or_default().push(ns.clone());
+            }
+        }
+        if !ips.is_empty() {
+            self.pod_addrs.insert(k, ips);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptr_ownership_is_label_aligned() {
+        let svc = wire::text_to_wire("b.a.svc.cluster.local").unwrap();
+        assert!(owned_by(&svc, &svc));
+        assert!(owned_by(
+            &wire::text_to_wire("x.b.a.svc.cluster.local").unwrap(),
+            &svc
+        ));
+        assert!(!owned_by(
+            &wire::text_to_wire("xb.a.svc.cluster.local").unwrap(),
+            &svc
+        ));
+        assert!(!owned_by(
+            &wire::text_to_wire("c.a.svc.cluster.local").unwrap(),
+            &svc
+        ));
     }
 }

@@ -93,16 +93,23 @@ pub struct SrvRecords {
     pub additional: RrList,
 }
 
-/// `_proto` label -> `_port` label -> SRV records.
-pub type SrvTable = HashMap<Box<[u8]>, HashMap<Box<[u8]>, SrvRecords>>;
+/// The SRV records of `_<port>._<proto>` (labels lowercase, with the `_`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrvName {
+    pub port: Box<[u8]>,
+    pub proto: Box<[u8]>,
+    pub records: SrvRecords,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceEntry {
     pub kind: ServiceKind,
     /// Endpoint names (hostname or dashed IP), lowercase label -> records.
     pub endpoints: HashMap<Box<[u8]>, EndpointRecords>,
-    /// `_proto` label (lowercase) -> `_port` label -> records.
-    pub srv: SrvTable,
+    /// Named ports (a service has few: a slice beats a map in memory and time).
+    pub srv: Box<[SrvName]>,
+    /// Addresses this service has PTR records for.
+    pub ptr_ips: Box<[IpAddr]>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -281,15 +288,19 @@ impl Index {
                 Some(e) => addresses(qtype, &e.a, &e.aaaa),
                 None => Lookup::NxDomain,
             },
-            [proto] => match se.srv.contains_key(*proto) {
+            [proto] => match se.srv.iter().any(|s| &*s.proto == *proto) {
                 true => Lookup::NoData,
                 false => Lookup::NxDomain,
             },
-            [port, proto] => match se.srv.get(*proto).and_then(|p| p.get(*port)) {
+            [port, proto] => match se
+                .srv
+                .iter()
+                .find(|s| &*s.proto == *proto && &*s.port == *port)
+            {
                 Some(s) => match qtype {
                     TYPE_SRV | TYPE_ANY => Lookup::Answer {
-                        answer: vec![Cow::Borrowed(&s.srv)],
-                        additional: vec![Cow::Borrowed(&s.additional)],
+                        answer: vec![Cow::Borrowed(&s.records.srv)],
+                        additional: vec![Cow::Borrowed(&s.records.additional)],
                     },
                     _ => Lookup::NoData,
                 },

@@ -392,12 +392,60 @@ pub fn wire_to_text(wire: &[u8]) -> String {
     s
 }
 
-/// A set of encoded resource records, each a complete RR, with the end
-/// offset of each so a response can stop at a record boundary.
+/// A set of encoded resource records, each complete. Records are
+/// self-delimiting (owner name, fixed fields, RDLENGTH), so boundaries are
+/// found by walking them instead of being stored: this keeps per-service
+/// memory small.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RrList {
     bytes: Vec<u8>,
-    ends: Vec<u32>,
+    count: u16,
+}
+
+/// End of the owner name of the record starting at `start` (a pointer or
+/// an uncompressed name, as everything this module writes).
+fn owner_end(bytes: &[u8], start: usize) -> usize {
+    let mut p = start;
+    loop {
+        let l = bytes[p];
+        if l & 0xC0 == 0xC0 {
+            return p + 2;
+        }
+        p += 1;
+        if l == 0 {
+            return p;
+        }
+        p += l as usize;
+    }
+}
+
+/// End of the record starting at `start`.
+fn record_end(bytes: &[u8], start: usize) -> usize {
+    let p = owner_end(bytes, start);
+    p + 10 + u16::from_be_bytes([bytes[p + 8], bytes[p + 9]]) as usize
+}
+
+pub struct Records<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.pos >= self.bytes.len() {
+            return None;
+        }
+        let end = record_end(self.bytes, self.pos);
+        let r = &self.bytes[self.pos..end];
+        self.pos = end;
+        Some(r)
+    }
+}
+
+/// The RDATA of one record written by `RrList::push`.
+pub fn record_rdata(record: &[u8]) -> &[u8] {
+    &record[owner_end(record, 0) + 10..]
 }
 
 impl RrList {
@@ -405,21 +453,19 @@ impl RrList {
         RrList::default()
     }
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.count as usize
     }
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.count == 0
     }
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
-    /// Byte range of record `i`.
-    pub fn record(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.bytes[start..self.ends[i] as usize]
-    }
-    pub fn records(&self) -> impl Iterator<Item = &[u8]> {
-        (0..self.len()).map(|i| self.record(i))
+    pub fn records(&self) -> Records<'_> {
+        Records {
+            bytes: &self.bytes,
+            pos: 0,
+        }
     }
     /// Appends one record: owner (wire, may be `PTR_TO_QNAME`), type, class IN, ttl, rdata.
     pub fn push(&mut self, owner: &[u8], rtype: u16, ttl: u32, rdata: &[u8]) {
@@ -430,7 +476,7 @@ impl RrList {
         self.bytes
             .extend_from_slice(&(rdata.len() as u16).to_be_bytes());
         self.bytes.extend_from_slice(rdata);
-        self.ends.push(self.bytes.len() as u32);
+        self.count += 1;
     }
     pub fn push_ip(&mut self, owner: &[u8], ttl: u32, ip: IpAddr) {
         match ip {
@@ -439,10 +485,8 @@ impl RrList {
         }
     }
     pub fn extend(&mut self, other: &RrList) {
-        for r in other.records() {
-            self.bytes.extend_from_slice(r);
-            self.ends.push(self.bytes.len() as u32);
-        }
+        self.bytes.extend_from_slice(&other.bytes);
+        self.count += other.count;
     }
     /// The same records with the owner pointer `C0 0C` replaced by `owner`
     /// (for records that appear under another name, e.g. after a CNAME).
@@ -455,13 +499,12 @@ impl RrList {
             } else {
                 out.bytes.extend_from_slice(r);
             }
-            out.ends.push(out.bytes.len() as u32);
+            out.count += 1;
         }
         out
     }
     pub fn shrink(&mut self) {
         self.bytes.shrink_to_fit();
-        self.ends.shrink_to_fit();
     }
 }
 
