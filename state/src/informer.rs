@@ -469,6 +469,17 @@ impl Backoff {
     }
 }
 
+/// A list's raw JSON values take several times the memory of the typed
+/// objects kept from them; once they are freed, hand the pages back (glibc
+/// keeps them otherwise, and a 20k-object list would leave ~150 MB resident).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Most events applied as one change set: bounds the time the snapshot lock is held.
 const MAX_BATCH: usize = 10_000;
 
@@ -484,14 +495,16 @@ async fn run_kind(store: Arc<dyn Store>, kind: Kind, shared: Arc<Shared>) {
         if need_list {
             match store.list(kind).await {
                 Ok((objs, rev)) => {
+                    let count = objs.len();
                     let mut updates = Vec::new();
                     let mut fresh = HashMap::with_capacity(objs.len());
-                    for o in &objs {
+                    // Consumed one by one so each raw value is freed once decoded.
+                    for o in objs {
                         fresh.insert(o.key.clone(), o.mod_revision);
                         if revs.get(&o.key) == Some(&o.mod_revision) {
                             continue;
                         }
-                        match decode(o) {
+                        match decode(&o) {
                             Some(u) => updates.push(u),
                             // Malformed now: drop what the snapshot had too,
                             // the list is the truth.
@@ -506,8 +519,9 @@ async fn run_kind(store: Arc<dyn Store>, kind: Kind, shared: Arc<Shared>) {
                     revs = fresh;
                     last = rev;
                     need_list = false;
-                    tracing::debug!(kind = %kind, objects = objs.len(), revision = rev, "listed");
+                    tracing::debug!(kind = %kind, objects = count, revision = rev, "listed");
                     shared.publish(kind, updates, rev, true);
+                    release_free_memory();
                     backoff.reset();
                 }
                 Err(e) => {

@@ -23,9 +23,6 @@ use crate::store::{
 /// Journal appends by other processes are also noticed by this poll period,
 /// in case an inotify event was lost.
 const POLL: Duration = Duration::from_millis(1000);
-/// After a burst of file events, wait this long for the burst to end before
-/// reading the files (an editor writes in several steps).
-const SETTLE: Duration = Duration::from_millis(20);
 
 const DIR_MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::DELETE)
@@ -70,7 +67,7 @@ pub(super) fn start(core: Arc<Core>, kind: Kind, after: u64) -> StoreResult<Watc
     {
         // Files changed while nobody watched get their revision now.
         let mut l = core.lock()?;
-        l.reconcile_kind(kind, false)?;
+        l.reconcile_kind(kind)?;
         if after < l.st.horizon || after > l.st.current {
             return Err(StoreError::Compacted {
                 kind,
@@ -143,8 +140,6 @@ impl Watcher {
             if keys.is_empty() && !full {
                 continue;
             }
-            std::thread::sleep(SETTLE);
-            self.drain(&mut buf, &mut keys, &mut full);
             if let Err(e) = self.reconcile(keys, full) {
                 tracing::warn!(kind = %self.kind, error = %e, "picking up changed files failed; retrying on the next change");
             }
@@ -158,7 +153,7 @@ impl Watcher {
         }
         let mut l = self.core.lock()?;
         if full {
-            l.reconcile_kind(self.kind, false)?;
+            l.reconcile_kind(self.kind)?;
         } else {
             for k in keys {
                 l.reconcile_key(&k)?;
@@ -206,6 +201,10 @@ impl Watcher {
                             *full = true;
                         }
                     }
+                    // A file is looked at when it is complete: closed after
+                    // writing, or renamed into place (CREATE comes before
+                    // the content).
+                    _ if ev.mask.contains(EventMask::CREATE) => {}
                     ns => {
                         if let Some(obj) = super::object_file_name(name) {
                             keys.insert(ObjectKey::new(self.kind, ns.as_deref(), obj));
