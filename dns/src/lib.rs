@@ -6,7 +6,8 @@
 //! - `answer`: one query in, one response out (authoritative part; forwarding decision).
 //! - `forward` + `cache`: names outside the zone go to upstream servers, cached by TTL.
 //! - `metrics`: counters/histograms without locks on the answer path, `/metrics` `/healthz` `/ready`.
-//! - `server`: UDP (several SO_REUSEPORT sockets) and TCP loops, the informer feed, shutdown.
+//! - `server`: UDP (several SO_REUSEPORT sockets) and TCP loops, the informer feed, shutdown;
+//!   `mmsg`: batched UDP receive/send for the UDP workers.
 //! - `config`: command-line flags and `run`.
 //! - `fixtures`: hand-made Kubernetes objects for tests, the benchmark and the fuzz target.
 //!
@@ -24,6 +25,7 @@ pub mod fixtures;
 pub mod forward;
 pub mod index;
 pub mod metrics;
+pub mod mmsg;
 pub mod server;
 pub mod wire;
 

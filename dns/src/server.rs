@@ -6,6 +6,7 @@
 
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -23,6 +24,7 @@ use crate::build::IndexBuilder;
 use crate::forward::Forwarder;
 use crate::index::Index;
 use crate::metrics::{Metrics, Proto};
+use crate::mmsg::{self, Batch};
 use crate::wire::{self, Rcode, Reject};
 
 #[derive(Debug, thiserror::Error)]
@@ -313,13 +315,18 @@ fn answer_packet(
     }
 }
 
+/// Datagrams taken per `recvmmsg`.
+const UDP_BATCH: usize = 32;
+
 fn udp_worker(i: usize, sock: UdpSocket, shared: Arc<Shared>, rt: tokio::runtime::Handle) {
     let sock = Arc::new(sock);
-    let mut buf = vec![0u8; 65535];
-    let mut out = Vec::with_capacity(4096);
+    let fd = sock.as_raw_fd();
+    let mut batch = Batch::new(UDP_BATCH);
+    let mut outs: Vec<Vec<u8>> = (0..UDP_BATCH).map(|_| Vec::with_capacity(1500)).collect();
+    let mut reply: Vec<bool> = vec![false; UDP_BATCH];
     while !shared.stop.load(Ordering::Relaxed) {
-        let (n, peer) = match sock.recv_from(&mut buf) {
-            Ok(r) => r,
+        let n = match batch.recv(fd) {
+            Ok(n) => n,
             Err(e)
                 if matches!(
                     e.kind(),
@@ -335,46 +342,86 @@ fn udp_worker(i: usize, sock: UdpSocket, shared: Arc<Shared>, rt: tokio::runtime
         };
         let t0 = Instant::now();
         let shard = shared.metrics.shard(i);
-        let (step, qtype) = answer_packet(&shared, &buf[..n], peer.ip(), true, &mut out);
-        match step {
-            Step::Done(Some(rc)) => {
-                if let Err(e) = sock.send_to(&out, peer) {
-                    tracing::debug!(%peer, "UDP send: {e}");
+        for k in 0..n {
+            reply[k] = false;
+            let Some(peer) = batch.peer(k) else {
+                continue;
+            };
+            let packet = batch.packet(k);
+            let (step, qtype) = answer_packet(&shared, packet, peer.ip(), true, &mut outs[k]);
+            match step {
+                Step::Done(Some(rc)) => {
+                    reply[k] = true;
+                    shard.query(Proto::Udp, qtype, rc, t0.elapsed());
                 }
-                shard.query(Proto::Udp, qtype, rc, t0.elapsed());
-            }
-            Step::Done(None) => shard.dropped(),
-            Step::Forward => {
-                let Ok(permit) = shared.forwards.clone().try_acquire_owned() else {
-                    if let Ok(q) = wire::parse_query(&buf[..n]) {
-                        wire::write_error(&mut out, &q, Rcode::ServFail, true);
-                        let _ = sock.send_to(&out, peer);
-                    }
-                    shard.query(Proto::Udp, qtype, Rcode::ServFail, t0.elapsed());
-                    continue;
-                };
-                let packet = buf[..n].to_vec();
-                let shared = shared.clone();
-                let sock = sock.clone();
-                rt.spawn(async move {
-                    let _permit = permit;
-                    let Ok(q) = wire::parse_query(&packet) else {
-                        return;
-                    };
-                    let Some(fwd) = shared.forwarder.clone() else {
-                        return;
-                    };
-                    let shard = shared.metrics.shard(i);
-                    let (resp, rc) = fwd.resolve(&q, q.udp_limit(), shard).await;
-                    shared.metrics.set_cache_entries(fwd.cache_len());
-                    if let Err(e) = sock.send_to(&resp, peer) {
-                        tracing::debug!(%peer, "UDP send: {e}");
-                    }
-                    shard.query(Proto::Udp, q.qtype, rc, t0.elapsed());
-                });
+                Step::Done(None) => shard.dropped(),
+                Step::Forward => spawn_forward(
+                    i,
+                    &shared,
+                    &sock,
+                    &rt,
+                    packet,
+                    peer,
+                    t0,
+                    &mut outs[k],
+                    &mut reply[k],
+                ),
             }
         }
+        let msgs: Vec<(&[u8], &libc::sockaddr_storage)> = (0..n)
+            .filter(|k| reply[*k])
+            .map(|k| (outs[k].as_slice(), batch.raw_addr(k)))
+            .collect();
+        if let Err(e) = mmsg::send_all(fd, &msgs) {
+            tracing::debug!("UDP send: {e}");
+        }
     }
+}
+
+/// Hands a query to a forwarding task, or answers SERVFAIL into `out` when
+/// too many are in flight already.
+#[allow(clippy::too_many_arguments)]
+fn spawn_forward(
+    i: usize,
+    shared: &Arc<Shared>,
+    sock: &Arc<UdpSocket>,
+    rt: &tokio::runtime::Handle,
+    packet: &[u8],
+    peer: SocketAddr,
+    t0: Instant,
+    out: &mut Vec<u8>,
+    reply: &mut bool,
+) {
+    let Ok(permit) = shared.forwards.clone().try_acquire_owned() else {
+        if let Ok(q) = wire::parse_query(packet) {
+            wire::write_error(out, &q, Rcode::ServFail, true);
+            *reply = true;
+            shared
+                .metrics
+                .shard(i)
+                .query(Proto::Udp, q.qtype, Rcode::ServFail, t0.elapsed());
+        }
+        return;
+    };
+    let packet = packet.to_vec();
+    let shared = shared.clone();
+    let sock = sock.clone();
+    rt.spawn(async move {
+        let _permit = permit;
+        let Ok(q) = wire::parse_query(&packet) else {
+            return;
+        };
+        let Some(fwd) = shared.forwarder.clone() else {
+            return;
+        };
+        let shard = shared.metrics.shard(i);
+        let (resp, rc) = fwd.resolve(&q, q.udp_limit(), shard).await;
+        shared.metrics.set_cache_entries(fwd.cache_len());
+        if let Err(e) = sock.send_to(&resp, peer) {
+            tracing::debug!(%peer, "UDP send: {e}");
+        }
+        shard.query(Proto::Udp, q.qtype, rc, t0.elapsed());
+    });
 }
 
 async fn tcp_accept(
