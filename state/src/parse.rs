@@ -101,7 +101,7 @@ fn documents(text: &str, file: &str) -> Result<Vec<(usize, Value)>, ParseError> 
         let v: Value = serde_yaml::from_str(&chunk).map_err(|e| ParseError::Syntax {
             file: file.to_string(),
             line: start + e.location().map(|l| l.line()).unwrap_or(1) - 1,
-            message: e.to_string(),
+            message: shift_lines(&e.to_string(), start - 1),
         })?;
         if v.is_null() {
             continue;
@@ -117,6 +117,25 @@ fn documents(text: &str, file: &str) -> Result<Vec<(usize, Value)>, ParseError> 
         docs.push((start + offset, v));
     }
     Ok(docs)
+}
+
+/// serde_yaml numbers lines within the document it was given; make every
+/// "line N" in its message a line of the whole file.
+fn shift_lines(msg: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("line ") {
+        out.push_str(&rest[..i + 5]);
+        rest = &rest[i + 5..];
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// YAML documents as (1-based line of the chunk's first line, chunk text).
@@ -256,5 +275,23 @@ fn kind_of(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "a list",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shift_lines_renumbers_every_line_reference() {
+        assert_eq!(
+            super::shift_lines(
+                "bad at line 4 column 1, while parsing at line 3 column 18",
+                10
+            ),
+            "bad at line 14 column 1, while parsing at line 13 column 18"
+        );
+        assert_eq!(
+            super::shift_lines("no lines; line x", 3),
+            "no lines; line x"
+        );
     }
 }

@@ -15,7 +15,19 @@ async fn main() {
     let cli = Cli::parse();
     let mut out = std::io::stdout();
     if let Err(e) = run(cli, &mut out).await {
-        eprintln!("error: {e:#}");
+        // Store errors repeat their source in their message; print each
+        // piece of the chain once.
+        let mut msg = String::new();
+        for cause in e.chain() {
+            let c = cause.to_string();
+            if !msg.contains(&c) {
+                if !msg.is_empty() {
+                    msg.push_str(": ");
+                }
+                msg.push_str(&c);
+            }
+        }
+        eprintln!("error: {msg}");
         std::process::exit(1);
     }
 }
