@@ -54,6 +54,9 @@ pub struct Args {
     /// Number of SO_REUSEPORT UDP sockets (one worker thread each); 0 = one per CPU.
     #[arg(long, default_value_t = 0)]
     pub udp_sockets: usize,
+    /// Datagrams each UDP worker takes per recvmmsg call (1 = one at a time).
+    #[arg(long, default_value_t = 32)]
+    pub udp_batch: usize,
     #[arg(long, default_value_t = 1024)]
     pub tcp_max_connections: usize,
     /// Idle TCP connections are closed after this long.
@@ -147,6 +150,7 @@ pub fn settings(a: &Args) -> Result<Settings, ServerError> {
         server: ServerConfig {
             listen: a.listen,
             udp_sockets,
+            udp_batch: a.udp_batch,
             tcp_max_connections: a.tcp_max_connections,
             tcp_idle_timeout: a.tcp_idle_timeout,
             allow_recursion: a.allow_recursion.clone(),

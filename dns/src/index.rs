@@ -194,18 +194,33 @@ fn addresses<'a>(qtype: u16, a: &'a RrList, aaaa: &'a RrList) -> Lookup<'a> {
     }
 }
 
-const MAX_LABELS: usize = 128;
+/// Names with up to this many labels are split on the stack (zeroing a
+/// 128-slot array per query would cost more than the lookup); longer ones,
+/// rare, use a Vec.
+const STACK_LABELS: usize = 16;
 
 impl Index {
     /// Answers `qtype` for `qname` (lowercase wire form).
     pub fn lookup(&self, qname: &wire::LowerName, qtype: u16) -> Lookup<'_> {
-        let mut labels: [&[u8]; MAX_LABELS] = [&[]; MAX_LABELS];
+        let mut stack: [&[u8]; STACK_LABELS] = [&[]; STACK_LABELS];
+        let mut heap: Vec<&[u8]> = Vec::new();
         let mut n = 0;
         for l in qname.labels() {
-            labels[n] = l;
+            if n < STACK_LABELS {
+                stack[n] = l;
+            } else {
+                if heap.is_empty() {
+                    heap.extend_from_slice(&stack);
+                }
+                heap.push(l);
+            }
             n += 1;
         }
-        let labels = &labels[..n];
+        let labels: &[&[u8]] = if n <= STACK_LABELS {
+            &stack[..n]
+        } else {
+            &heap
+        };
         let zone_labels = count_labels(&self.config.zone);
         if n >= zone_labels
             && qname.wire().ends_with(&self.config.zone)

@@ -59,6 +59,8 @@ pub enum ServerError {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub udp_sockets: usize,
+    /// Datagrams taken per recvmmsg call (1 = one at a time).
+    pub udp_batch: usize,
     pub tcp_max_connections: usize,
     pub tcp_idle_timeout: Duration,
     /// Clients allowed to use forwarding; others get REFUSED for outside names.
@@ -199,9 +201,10 @@ impl Server {
         for (i, sock) in sockets.into_iter().enumerate() {
             let shared = shared.clone();
             let rt = rt.clone();
+            let batch = cfg.udp_batch;
             let h = std::thread::Builder::new()
                 .name(format!("dns-udp-{i}"))
-                .spawn(move || udp_worker(i, sock, shared, rt))
+                .spawn(move || udp_worker(i, sock, batch, shared, rt))
                 .map_err(|source| ServerError::Thread { index: i, source })?;
             udp_threads.push(h);
         }
@@ -315,15 +318,19 @@ fn answer_packet(
     }
 }
 
-/// Datagrams taken per `recvmmsg`.
-const UDP_BATCH: usize = 32;
-
-fn udp_worker(i: usize, sock: UdpSocket, shared: Arc<Shared>, rt: tokio::runtime::Handle) {
+fn udp_worker(
+    i: usize,
+    sock: UdpSocket,
+    batch_size: usize,
+    shared: Arc<Shared>,
+    rt: tokio::runtime::Handle,
+) {
     let sock = Arc::new(sock);
     let fd = sock.as_raw_fd();
-    let mut batch = Batch::new(UDP_BATCH);
-    let mut outs: Vec<Vec<u8>> = (0..UDP_BATCH).map(|_| Vec::with_capacity(1500)).collect();
-    let mut reply: Vec<bool> = vec![false; UDP_BATCH];
+    let batch_size = batch_size.clamp(1, 256);
+    let mut batch = Batch::new(batch_size);
+    let mut outs: Vec<Vec<u8>> = (0..batch_size).map(|_| Vec::with_capacity(1500)).collect();
+    let mut reply: Vec<bool> = vec![false; batch_size];
     while !shared.stop.load(Ordering::Relaxed) {
         let n = match batch.recv(fd) {
             Ok(n) => n,

@@ -32,6 +32,7 @@ async fn servfail_and_not_ready_until_the_first_sync() {
     let cfg = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         udp_sockets: 2,
+        udp_batch: 8,
         tcp_max_connections: 16,
         tcp_idle_timeout: Duration::from_secs(5),
         allow_recursion: vec![],
