@@ -169,3 +169,88 @@ fn without_a_lease_add_says_try_again_and_status_not_available() {
         assert!(pod.sh("ip -o link show eth0").is_err());
     }
 }
+
+/// Starts node 0's agent with a 1 s store lease, freezes it (SIGSTOP) until
+/// the lease has expired and its subnet claim is gone, runs `meanwhile`,
+/// then lets it continue.
+fn freeze_past_lease_expiry(lab: &mut Lab, meanwhile: impl FnOnce(&Lab)) -> String {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    lab.default_config(false);
+    let mut args = lab.agent_args(0);
+    args.extend(["--lease-ttl".to_string(), "1s".to_string()]);
+    let bin = multinode_common::agent_bin();
+    lab.cluster.nodes[0]
+        .start_agent(&bin, &args, &[("RUST_LOG", "info")])
+        .unwrap();
+    lab.wait_lease(0);
+    let subnet = lab.node_subnet_v4(0);
+    let pid = Pid::from_raw(lab.cluster.nodes[0].agent_pid().unwrap() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let gone = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        lab.rt
+            .block_on(podnet_state::subnet::list_leases(&*lab.store))
+            .map(|l| l.is_empty())
+            .unwrap_or(false)
+    });
+    assert!(gone, "the expired store lease did not release the subnet");
+    meanwhile(lab);
+    kill(pid, Signal::SIGCONT).unwrap();
+    subnet
+}
+
+#[test]
+fn expired_store_lease_is_claimed_again_with_the_same_subnet() {
+    skip_unless_root!();
+    let mut lab = lab(1, Backend::HostGw);
+    let subnet = freeze_past_lease_expiry(&mut lab, |_| {});
+    let back = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        lab.rt
+            .block_on(podnet_state::subnet::list_leases(&*lab.store))
+            .map(|l| {
+                l.iter()
+                    .any(|l| l.spec.subnet.to_string() == subnet && l.spec.node == "node1")
+            })
+            .unwrap_or(false)
+    });
+    assert!(back, "subnet not claimed again\n{}", lab.logs());
+    assert!(lab.cluster.nodes[0].agent_running(), "{}", lab.logs());
+}
+
+#[test]
+fn subnet_taken_while_the_lease_was_expired_ends_the_agent() {
+    skip_unless_root!();
+    let mut lab = lab(1, Backend::HostGw);
+    freeze_past_lease_expiry(&mut lab, |lab| {
+        let rt = &lab.rt;
+        rt.block_on(async {
+            // Allocation starts at the lowest free block: ours, now that it is free.
+            let cfg: podnet_state::object::ClusterConfig = serde_json::from_value(json!({
+                "spec": { "clusterCIDRs": ["10.244.0.0/24"], "subnetLen": 24 }
+            }))
+            .unwrap();
+            let l = lab
+                .store
+                .grant_lease(Duration::from_secs(3600))
+                .await
+                .unwrap();
+            podnet_state::subnet::claim_subnets(&*lab.store, "intruder", &cfg, &*l)
+                .await
+                .unwrap();
+        });
+    });
+    let node = &mut lab.cluster.nodes[0];
+    let exited = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        !node.agent_running()
+    });
+    assert!(
+        exited,
+        "agent kept running without its subnet\n{}",
+        node.log()
+    );
+    assert!(
+        node.log().contains("lost this node's pod subnets"),
+        "{}",
+        node.log()
+    );
+}
