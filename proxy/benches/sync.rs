@@ -162,7 +162,7 @@ struct Row {
     chains_kube: usize,
 }
 
-fn sync_row(n: usize, ns: &Netns, dir: &std::path::Path) -> Row {
+fn sync_row(n: usize, ns: &Netns, dir: &std::path::Path, podnet_only: bool) -> Row {
     let mut snap = snapshot(n);
     // podnet-proxy: full sync from scratch (a fresh proxier), then single updates.
     let (podnet_full, podnet_update, elements, chains_podnet) = ns
@@ -171,6 +171,7 @@ fn sync_row(n: usize, ns: &Netns, dir: &std::path::Path) -> Row {
             let t = Instant::now();
             let r = p.sync(&snap, None).unwrap();
             let full = t.elapsed();
+            eprintln!("  {n}: {r}");
             let mut ups = Vec::new();
             let mut s2 = snap.clone();
             let changed = [Change {
@@ -191,6 +192,18 @@ fn sync_row(n: usize, ns: &Netns, dir: &std::path::Path) -> Row {
         .unwrap();
     ns.exec(&["nft", "delete", "table", "ip6", "podnet"])
         .unwrap();
+    if podnet_only {
+        return Row {
+            n,
+            podnet_full,
+            podnet_update,
+            kube_full: Duration::ZERO,
+            kube_update: Duration::ZERO,
+            elements,
+            chains_podnet,
+            chains_kube: 0,
+        };
+    }
 
     // kube-proxy layout via nft -f: full replacement, then the same updates as diffs.
     let kp = config(Layout::KubeProxy);
@@ -355,12 +368,15 @@ fn main() {
     if !netns_fixtures::require_root() {
         return;
     }
-    let quick = std::env::args().any(|a| a == "--quick");
-    let sizes: &[usize] = if quick {
-        &[1000]
-    } else {
-        &[1000, 10_000, 30_000]
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--sizes 10000,30000` and `--podnet-only` for quicker runs while tuning.
+    let sizes: Vec<usize> = match args.iter().position(|a| a == "--sizes") {
+        Some(i) => args[i + 1].split(',').map(|s| s.parse().unwrap()).collect(),
+        None if quick => vec![1000],
+        None => vec![1000, 10_000, 30_000],
     };
+    let podnet_only = args.iter().any(|a| a == "--podnet-only");
     let dir = tempfile::tempdir().unwrap();
     let ns = Netns::new("pxb").unwrap();
 
@@ -369,8 +385,8 @@ fn main() {
         "| services | podnet full | podnet 1-endpoint update | kube-proxy layout full (nft -f) | kube-proxy layout update (nft -f) | elements | chains podnet / kube-proxy |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for &n in sizes {
-        let r = sync_row(n, &ns, dir.path());
+    for &n in &sizes {
+        let r = sync_row(n, &ns, dir.path(), podnet_only);
         println!(
             "| {} | {} | {} | {} | {} | {} | {} / {} |",
             r.n,
@@ -384,6 +400,9 @@ fn main() {
         );
     }
 
+    if podnet_only {
+        return;
+    }
     let few = connect_latency(10);
     let many = connect_latency(if quick { 1000 } else { 10_000 });
     println!(

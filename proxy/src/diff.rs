@@ -7,7 +7,7 @@
 //! A full sync replaces the table atomically: `add table; delete table; add
 //! table; add everything`, which also works when a previous run left a table.
 
-use crate::plan::{Chain, ElemData, Set, SetDef, TablePlan, Value};
+use crate::plan::{Chain, ElemData, Fragment, Set, SetDef, TablePlan, Value};
 
 /// One operation on the table, in transaction order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +74,56 @@ pub fn full(desired: &TablePlan) -> Diff<'_> {
         }
     }
     Diff { full: true, ops }
+}
+
+/// Like `full(base + fragments)` without building the merged plan: the
+/// elements are referenced where the fragments keep them. `base` is the
+/// skeleton with the shared objects (pick chains, hairpin elements). A key
+/// two fragments both claim (two services with the same IP and port) is
+/// sent once, the first fragment's. Returns the diff and its element count.
+pub fn full_from_fragments<'a>(base: &'a TablePlan, frags: &[&'a Fragment]) -> (Diff<'a>, usize) {
+    let mut ops = vec![Op::AddTable, Op::DeleteTable, Op::AddTable];
+    for (name, s) in &base.sets {
+        ops.push(Op::AddSet(name, &s.def));
+    }
+    for f in frags {
+        for (name, s) in &f.sets {
+            ops.push(Op::AddSet(name, &s.def));
+        }
+    }
+    let chains = || {
+        base.chains
+            .iter()
+            .chain(frags.iter().flat_map(|f| f.chains.iter()))
+    };
+    for (name, c) in chains() {
+        ops.push(Op::AddChain(name, c));
+    }
+    for (name, c) in chains() {
+        if !c.rules.is_empty() {
+            ops.push(Op::AddRules(name, c));
+        }
+    }
+    let mut count = 0;
+    for (name, s) in &base.sets {
+        if s.def.dynamic {
+            continue;
+        }
+        let mut elems: Vec<(&'a Vec<Value>, &'a Option<ElemData>)> = s.elements.iter().collect();
+        for f in frags {
+            if let Some(list) = f.elements.get(name.as_str()) {
+                elems.extend(list.iter().map(|(k, v)| (k, v)));
+            }
+        }
+        // Stable sort keeps the first claimant of a duplicate key.
+        elems.sort_by(|a, b| a.0.cmp(b.0));
+        elems.dedup_by(|b, a| a.0 == b.0);
+        count += elems.len();
+        if !elems.is_empty() {
+            ops.push(Op::AddElements(name, elems));
+        }
+    }
+    (Diff { full: true, ops }, count)
 }
 
 /// Minimal changes from `installed` to `desired`, or a full sync when a change

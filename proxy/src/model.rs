@@ -345,24 +345,24 @@ impl Model {
         let mut hc_port = None;
         for p in spec.ports.iter().flatten() {
             let port_name = p.name.clone().unwrap_or_default();
-            let what = format!("service {name} port {port_name:?} ({})", p.port);
+            let what = || format!("service {name} port {port_name:?} ({})", p.port);
             let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
                 self.skip(
-                    what,
+                    what(),
                     format!("unknown protocol {:?}", p.protocol.as_deref().unwrap_or("")),
                 );
                 continue;
             };
             let Some(port) = valid_port(p.port) else {
-                self.skip(what, "port must be 1..65535");
+                self.skip(what(), "port must be 1..65535");
                 continue;
             };
             if !seen.insert((protocol, port)) {
-                self.skip(what, format!("duplicate port {port}/{}", protocol.name()));
+                self.skip(what(), format!("duplicate port {port}/{}", protocol.name()));
                 continue;
             }
             if !seen_names.insert(port_name.clone()) {
-                self.skip(what, format!("duplicate port name {port_name:?}"));
+                self.skip(what(), format!("duplicate port name {port_name:?}"));
                 continue;
             }
             let node_port = match p.node_port.filter(|_| node_ports_allowed) {
@@ -370,7 +370,7 @@ impl Model {
                 Some(np) => match valid_port(np) {
                     Some(np) => Some(np),
                     None => {
-                        self.skip(what, format!("nodePort {np} must be 1..65535"));
+                        self.skip(what(), format!("nodePort {np} must be 1..65535"));
                         continue;
                     }
                 },

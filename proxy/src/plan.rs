@@ -377,8 +377,11 @@ pub fn endpoint_base(n: &ServicePortName, ep: &Endpoint) -> String {
     ))
 }
 
+/// One element: key and (for maps) value.
+pub type Element = (Vec<Value>, Option<ElemData>);
+
 /// Elements of the shared sets and maps, by set name.
-pub type Elements = BTreeMap<String, BTreeMap<Vec<Value>, Option<ElemData>>>;
+pub type Elements = BTreeMap<&'static str, Vec<Element>>;
 
 /// What one service port contributes to its family's table. A table is the
 /// skeleton plus the union of its fragments; partial syncs diff fragments.
@@ -398,7 +401,7 @@ pub struct Fragment {
 
 impl Fragment {
     pub fn element_count(&self) -> usize {
-        self.elements.values().map(BTreeMap::len).sum()
+        self.elements.values().map(Vec::len).sum()
     }
 }
 
@@ -433,16 +436,8 @@ impl Builder<'_> {
             elements: BTreeMap::new(),
         });
     }
-    fn elem(&mut self, set: &str, key: Vec<Value>, data: Option<ElemData>) {
-        match self.elems.get_mut(set) {
-            Some(m) => {
-                m.insert(key, data);
-            }
-            None => {
-                self.elems
-                    .insert(set.to_string(), BTreeMap::from([(key, data)]));
-            }
-        }
+    fn elem(&mut self, set: &'static str, key: Vec<Value>, data: Option<ElemData>) {
+        self.elems.entry(set).or_default().push((key, data));
     }
     fn family(&self) -> Family {
         self.cfg.family
@@ -780,7 +775,7 @@ impl Builder<'_> {
             .extend(sp.maybe_local_endpoints.iter().map(|ep| ep.ip));
     }
 
-    fn endpoint_elems(&mut self, map: &str, key: Vec<Value>, eps: &[Endpoint]) {
+    fn endpoint_elems(&mut self, map: &'static str, key: Vec<Value>, eps: &[Endpoint]) {
         for (i, ep) in eps.iter().enumerate() {
             let mut k = key.clone();
             k.push(Value::Index(i as u32));
@@ -1119,7 +1114,7 @@ pub fn merge<'a>(
     let mut all_hairpins = BTreeSet::new();
     for f in frags {
         for (set, elems) in &f.elements {
-            if let Some(s) = plan.sets.get_mut(set) {
+            if let Some(s) = plan.sets.get_mut(*set) {
                 s.elements
                     .extend(elems.iter().map(|(k, v)| (k.clone(), v.clone())));
             }

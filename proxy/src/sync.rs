@@ -167,6 +167,8 @@ struct Installed {
 
 #[derive(Default, Clone, Copy)]
 struct Totals {
+    /// Own chains of all fragments (per-service-port chains).
+    own_chains: usize,
     service_ports: usize,
     endpoints: usize,
     elements: usize,
@@ -209,20 +211,27 @@ fn plan_configs(cfg: &ProxyConfig, snap: &Snapshot) -> (ModelConfig, BTreeMap<Fa
     (mc, pcs)
 }
 
+/// The slices of one service, by the index.
+fn slices_of<'s>(
+    snap: &'s Snapshot,
+    names: Option<&BTreeSet<NamespacedName>>,
+) -> Vec<&'s EndpointSlice> {
+    names
+        .into_iter()
+        .flatten()
+        .filter_map(|k| snap.endpoint_slices.get(k).map(|s| s.as_ref()))
+        .collect()
+}
+
 fn service_state(
     name: &NamespacedName,
     snap: &Snapshot,
-    slices: Option<&BTreeSet<NamespacedName>>,
+    slices: &[&EndpointSlice],
     mc: &ModelConfig,
     pcs: &BTreeMap<Family, PlanConfig>,
 ) -> Option<ServiceState> {
     let svc = snap.services.get(name)?;
-    let slices: Vec<&EndpointSlice> = slices
-        .into_iter()
-        .flatten()
-        .filter_map(|k| snap.endpoint_slices.get(k).map(|s| s.as_ref()))
-        .collect();
-    let model = Model::for_service(name, svc, &slices, mc);
+    let model = Model::for_service(name, svc, slices, mc);
     let frags = pcs
         .iter()
         .map(|(fam, pc)| {
@@ -239,9 +248,11 @@ fn service_state(
     Some(ServiceState { model, frags })
 }
 
-fn totals_of(m: &Model) -> Totals {
+fn totals_of(st: &ServiceState) -> Totals {
+    let m = &st.model;
     let ports = m.v4.values().chain(m.v6.values());
     Totals {
+        own_chains: st.frags.values().flatten().map(|f| f.chains.len()).sum(),
         service_ports: m.v4.len() + m.v6.len(),
         endpoints: ports.map(|sp| sp.cluster_endpoints.len()).sum(),
         elements: 0,
@@ -401,7 +412,8 @@ impl Proxier {
                     Vec::new();
                 for name in affected {
                     let old = inst.services.remove(&name);
-                    let new = service_state(&name, snap, inst.service_slices.get(&name), &mc, &pcs);
+                    let slices = slices_of(snap, inst.service_slices.get(&name));
+                    let new = service_state(&name, snap, &slices, &mc, &pcs);
                     changed.push((name, old, new));
                 }
                 for (fam, pc) in &pcs {
@@ -445,7 +457,8 @@ impl Proxier {
                     (t.elements + report.elements_added).saturating_sub(report.elements_deleted);
                 for (name, old, new) in changed {
                     if let Some(o) = &old {
-                        let ot = totals_of(&o.model);
+                        let ot = totals_of(o);
+                        t.own_chains -= ot.own_chains;
                         t.service_ports -= ot.service_ports;
                         t.endpoints -= ot.endpoints;
                         t.skipped -= ot.skipped;
@@ -454,7 +467,8 @@ impl Proxier {
                         }
                     }
                     if let Some(n) = &new {
-                        let nt = totals_of(&n.model);
+                        let nt = totals_of(n);
+                        t.own_chains += nt.own_chains;
                         t.service_ports += nt.service_ports;
                         t.endpoints += nt.endpoints;
                         t.skipped += nt.skipped;
@@ -494,23 +508,17 @@ impl Proxier {
                     health_checks: BTreeMap::new(),
                     totals: Totals::default(),
                 };
-                for (key, slice) in &snap.endpoint_slices {
-                    if let Some(owner) = slice_service(slice, key) {
-                        inst.service_slices
-                            .entry(owner.clone())
-                            .or_default()
-                            .insert(key.clone());
-                        inst.slice_owner.insert(key.clone(), owner);
-                    }
-                }
+                // The persistent slice index is built after the transaction
+                // (it only serves later partial syncs).
+                let by_service = crate::model::slices_by_service(snap);
                 for name in snap.services.keys() {
-                    if let Some(st) =
-                        service_state(name, snap, inst.service_slices.get(name), &mc, &pcs)
-                    {
+                    let slices = by_service.get(name).map(Vec::as_slice).unwrap_or(&[]);
+                    if let Some(st) = service_state(name, snap, slices, &mc, &pcs) {
                         for sk in &st.model.skipped {
                             tracing::warn!("skipping invalid object: {sk}");
                         }
-                        let t = totals_of(&st.model);
+                        let t = totals_of(&st);
+                        inst.totals.own_chains += t.own_chains;
                         inst.totals.service_ports += t.service_ports;
                         inst.totals.endpoints += t.endpoints;
                         inst.totals.skipped += t.skipped;
@@ -523,15 +531,17 @@ impl Proxier {
                         inst.services.values().flat_map(|s| &s.frags[fam]).collect();
                     let shared = inst.shared.entry(*fam).or_default();
                     shift_shared(shared, &[], &frags);
-                    let mut plan = plan::skeleton(pc);
-                    plan::merge(pc, &mut plan, frags, None, None);
-                    let d = diff::full(&plan);
+                    let mut base = plan::skeleton(pc);
+                    let picks: BTreeSet<Pick> = shared.picks.keys().copied().collect();
+                    let hairpins: BTreeSet<IpAddr> = shared.hairpins.keys().copied().collect();
+                    plan::merge(pc, &mut base, [], Some(&picks), Some(&hairpins));
+                    let (d, elements) = diff::full_from_fragments(&base, &frags);
                     let (add, _, chains) = d.counts();
                     report.elements_added += add;
                     report.chains_changed += chains;
-                    inst.totals.elements += plan.element_count();
+                    inst.totals.elements += elements;
                     let t = Instant::now();
-                    apply::encode(&mut batch, *fam, &d, &plan.comment)?;
+                    apply::encode(&mut batch, *fam, &d, &base.comment)?;
                     encode_time += t.elapsed();
                 }
                 if let Some(old) = self.installed.take() {
@@ -556,8 +566,20 @@ impl Proxier {
             source: Box::new(e),
         })?;
         report.kernel = kernel_start.elapsed();
+        // What counts is the time until the rules are in the kernel; the
+        // bookkeeping below only serves later syncs.
+        report.duration = start.elapsed();
         drop(batch);
-        if let Some(inst) = installed {
+        if let Some(mut inst) = installed {
+            for (key, slice) in &snap.endpoint_slices {
+                if let Some(owner) = slice_service(slice, key) {
+                    inst.service_slices
+                        .entry(owner.clone())
+                        .or_default()
+                        .insert(key.clone());
+                    inst.slice_owner.insert(key.clone(), owner);
+                }
+            }
             self.installed = Some(inst);
         }
         let inst = self
@@ -578,13 +600,7 @@ impl Proxier {
             .map(|pc| plan::skeleton(pc).chains.len())
             .sum::<usize>()
             + inst.shared.values().map(|s| s.picks.len()).sum::<usize>()
-            + inst
-                .services
-                .values()
-                .flat_map(|s| s.frags.values().flatten())
-                .map(|f| f.chains.len())
-                .sum::<usize>();
-        report.duration = start.elapsed();
+            + inst.totals.own_chains;
         let m = &self.metrics;
         if report.full {
             m.full_syncs.inc();
