@@ -103,6 +103,10 @@ fn write_store(rt: &tokio::runtime::Runtime, dir: &Path, objs: &[Value]) -> Arc<
 }
 
 fn start_podnet(store: &Path, port: u16, sockets: usize) -> Proc {
+    start_podnet_with(store, port, sockets, 32)
+}
+
+fn start_podnet_with(store: &Path, port: u16, sockets: usize, batch: usize) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_podnet-dns"))
         .args(["--store", &format!("dir://{}", store.display())])
         .args([
@@ -113,7 +117,12 @@ fn start_podnet(store: &Path, port: u16, sockets: usize) -> Proc {
             "--metrics-addr",
             "off",
         ])
-        .args(["--udp-sockets", &sockets.to_string()])
+        .args([
+            "--udp-sockets",
+            &sockets.to_string(),
+            "--udp-batch",
+            &batch.to_string(),
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -286,11 +295,16 @@ fn main() {
     std::fs::write(&qfile, q).unwrap();
     let nsd_dir = root.join("nsd");
     std::fs::create_dir_all(&nsd_dir).unwrap();
-    let (pport, nport) = (free_port(), free_port());
+    let (pport, nport, uport) = (free_port(), free_port(), free_port());
     let podnet = start_podnet(&store_dir, pport, 2);
+    let unbatched = start_podnet_with(&store_dir, uport, 2, 1);
     let nsd = start_nsd(&nsd_dir, &objs, nport);
     let last = format!("svc{}.default.svc.cluster.local", SERVICES - 1);
-    for (port, what) in [(pport, "podnet-dns"), (nport, "nsd")] {
+    for (port, what) in [
+        (pport, "podnet-dns"),
+        (nport, "nsd"),
+        (uport, "podnet-dns --udp-batch 1"),
+    ] {
         let ok = poll_answer(
             format!("127.0.0.1:{port}").parse().unwrap(),
             &last,
@@ -302,12 +316,14 @@ fn main() {
     let mut rows: Vec<(&str, Vec<PerfResult>)> = vec![
         ("podnet-dns (2 SO_REUSEPORT sockets)", vec![]),
         ("nsd (server-count 2, reuseport)", vec![]),
+        ("podnet-dns (2 sockets, --udp-batch 1)", vec![]),
     ];
+    let ports = [pport, nport, uport];
     for run in 0..RUNS {
-        // Alternate who goes first so neither always gets a warmer machine.
-        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        // Rotate who goes first so no one always gets a warmer machine.
+        let order = [run % 3, (run + 1) % 3, (run + 2) % 3];
         for i in order {
-            let port = if i == 0 { pport } else { nport };
+            let port = ports[i];
             let r = dnsperf(port, &qfile);
             eprintln!(
                 "run {} {}: {:.0} qps, {:.3} ms, {:.2}% lost",
@@ -322,6 +338,8 @@ fn main() {
     }
     let podnet_rss = rss_kb(podnet.child.id());
     let nsd_rss = rss_kb(nsd.child.id());
+    let unbatched_rss = rss_kb(unbatched.child.id());
+    drop(unbatched);
 
     // 2. Store event -> answer latency (1,000 services loaded).
     let paddr: SocketAddr = format!("127.0.0.1:{pport}").parse().unwrap();
@@ -390,7 +408,7 @@ fn main() {
     let pq = median(rows[0].1.iter().map(|r| r.qps).collect());
     let nq = median(rows[1].1.iter().map(|r| r.qps).collect());
     for (i, (name, rs)) in rows.iter().enumerate() {
-        let rss = if i == 0 { podnet_rss } else { nsd_rss };
+        let rss = [podnet_rss, nsd_rss, unbatched_rss][i];
         println!(
             "| {name} | {:.0} | {:.3} | {:.2} | {:.1} |",
             median(rs.iter().map(|r| r.qps).collect()),
