@@ -136,27 +136,42 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Runs `nft -f file` in `ns` and returns how long it took.
-fn nft_load(ns: &Netns, script: &str, dir: &std::path::Path) -> Duration {
+/// Runs `nft -f file` in `ns` and returns how long it took, or why it failed.
+fn nft_load(ns: &Netns, script: &str, dir: &std::path::Path) -> Result<Duration, String> {
     let path = dir.join("ruleset.nft");
     std::fs::write(&path, script).unwrap();
     let t = Instant::now();
     let out = ns.exec(&["nft", "-f", path.to_str().unwrap()]).unwrap();
     let took = t.elapsed();
-    assert!(
-        out.status.success(),
-        "nft -f failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    took
+    if out.status.success() {
+        Ok(took)
+    } else {
+        Err(format!(
+            "failed after {} ({}{})",
+            ms(took),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .map(|l| format!(": {l}"))
+                .unwrap_or_default()
+        ))
+    }
+}
+
+fn show(r: &Result<Duration, String>) -> String {
+    match r {
+        Ok(d) => ms(*d),
+        Err(e) => e.clone(),
+    }
 }
 
 struct Row {
     n: usize,
     podnet_full: Duration,
     podnet_update: Duration,
-    kube_full: Duration,
-    kube_update: Duration,
+    kube_full: Result<Duration, String>,
+    kube_update: Result<Duration, String>,
     elements: usize,
     chains_podnet: usize,
     chains_kube: usize,
@@ -197,8 +212,8 @@ fn sync_row(n: usize, ns: &Netns, dir: &std::path::Path, podnet_only: bool) -> R
             n,
             podnet_full,
             podnet_update,
-            kube_full: Duration::ZERO,
-            kube_update: Duration::ZERO,
+            kube_full: Err("skipped".into()),
+            kube_update: Err("skipped".into()),
             elements,
             chains_podnet,
             chains_kube: 0,
@@ -212,6 +227,18 @@ fn sync_row(n: usize, ns: &Netns, dir: &std::path::Path, podnet_only: bool) -> R
     let chains_kube = plan.chains.len();
     let full_script = render::diff_script(Family::V4, &diff::full(plan), &plan.comment);
     let kube_full = nft_load(ns, &full_script, dir);
+    if kube_full.is_err() {
+        return Row {
+            n,
+            podnet_full,
+            podnet_update,
+            kube_full,
+            kube_update: Err("not measured".into()),
+            elements,
+            chains_podnet,
+            chains_kube,
+        };
+    }
     let mut ups = Vec::new();
     let mut prev = plan.clone();
     for g in 0..9 {
@@ -220,7 +247,7 @@ fn sync_row(n: usize, ns: &Netns, dir: &std::path::Path, podnet_only: bool) -> R
         let next = plans[&Family::V4].clone();
         let script =
             render::diff_script(Family::V4, &diff::diff(Some(&prev), &next), &next.comment);
-        ups.push(nft_load(ns, &script, dir));
+        ups.push(nft_load(ns, &script, dir).expect("kube-proxy layout update"));
         prev = next;
     }
     ns.exec(&["nft", "delete", "table", "ip", "podnet"])
@@ -230,7 +257,7 @@ fn sync_row(n: usize, ns: &Netns, dir: &std::path::Path, podnet_only: bool) -> R
         podnet_full,
         podnet_update,
         kube_full,
-        kube_update: median(ups),
+        kube_update: Ok(median(ups)),
         elements,
         chains_podnet,
         chains_kube,
@@ -377,6 +404,12 @@ fn main() {
         None => vec![1000, 10_000, 30_000],
     };
     let podnet_only = args.iter().any(|a| a == "--podnet-only");
+    // `--skip-sync`: only the latency and RSS parts.
+    let sizes = if args.iter().any(|a| a == "--skip-sync") {
+        Vec::new()
+    } else {
+        sizes
+    };
     let dir = tempfile::tempdir().unwrap();
     let ns = Netns::new("pxb").unwrap();
 
@@ -392,8 +425,8 @@ fn main() {
             r.n,
             ms(r.podnet_full),
             ms(r.podnet_update),
-            ms(r.kube_full),
-            ms(r.kube_update),
+            show(&r.kube_full),
+            show(&r.kube_update),
             r.elements,
             r.chains_podnet,
             r.chains_kube
