@@ -187,15 +187,28 @@ impl Batch {
         Ok(())
     }
 
-    fn chain_name_msg(&mut self, ty: u16, family: Family, table: &str, name: &str, verb: &str) {
+    /// A message that names one object of a table: two string attributes
+    /// (the table's and the object's), as delete/destroy/flush requests are.
+    fn named_msg(
+        &mut self,
+        ty: u16,
+        family: Family,
+        (table_attr, table): (u16, &str),
+        (name_attr, name): (u16, &str),
+        what: String,
+    ) {
         let mut w = AttrWriter::with_capacity(64);
-        w.put_str(sys::NFTA_CHAIN_TABLE, table);
-        w.put_str(sys::NFTA_CHAIN_NAME, name);
-        self.push(
+        w.put_str(table_attr, table);
+        w.put_str(name_attr, name);
+        self.push(ty, 0, family, w.buf, what);
+    }
+
+    fn chain_name_msg(&mut self, ty: u16, family: Family, table: &str, name: &str, verb: &str) {
+        self.named_msg(
             ty,
-            0,
             family,
-            w.buf,
+            (sys::NFTA_CHAIN_TABLE, table),
+            (sys::NFTA_CHAIN_NAME, name),
             format!("{verb} chain {family} {table} {name}"),
         );
     }
@@ -212,14 +225,11 @@ impl Batch {
 
     /// `flush chain`: delete all its rules.
     pub fn flush_chain(&mut self, family: Family, table: &str, name: &str) {
-        let mut w = AttrWriter::with_capacity(64);
-        w.put_str(sys::NFTA_RULE_TABLE, table);
-        w.put_str(sys::NFTA_RULE_CHAIN, name);
-        self.push(
+        self.named_msg(
             sys::NFT_MSG_DELRULE,
-            0,
             family,
-            w.buf,
+            (sys::NFTA_RULE_TABLE, table),
+            (sys::NFTA_RULE_CHAIN, name),
             format!("flush chain {family} {table} {name}"),
         );
     }
@@ -289,14 +299,11 @@ impl Batch {
     }
 
     fn set_name_msg(&mut self, ty: u16, family: Family, table: &str, name: &str, verb: &str) {
-        let mut w = AttrWriter::with_capacity(64);
-        w.put_str(sys::NFTA_SET_TABLE, table);
-        w.put_str(sys::NFTA_SET_NAME, name);
-        self.push(
+        self.named_msg(
             ty,
-            0,
             family,
-            w.buf,
+            (sys::NFTA_SET_TABLE, table),
+            (sys::NFTA_SET_NAME, name),
             format!("{verb} set {family} {table} {name}"),
         );
     }
@@ -313,14 +320,11 @@ impl Batch {
 
     /// `flush set`: remove all elements.
     pub fn flush_set(&mut self, family: Family, table: &str, name: &str) {
-        let mut w = AttrWriter::with_capacity(64);
-        w.put_str(sys::NFTA_SET_ELEM_LIST_TABLE, table);
-        w.put_str(sys::NFTA_SET_ELEM_LIST_SET, name);
-        self.push(
+        self.named_msg(
             sys::NFT_MSG_DELSETELEM,
-            0,
             family,
-            w.buf,
+            (sys::NFTA_SET_ELEM_LIST_TABLE, table),
+            (sys::NFTA_SET_ELEM_LIST_SET, name),
             format!("flush set {family} {table} {name}"),
         );
     }
