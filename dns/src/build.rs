@@ -8,8 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::ServiceSpec;
-use podnet_state::object::{EndpointSlice, Pod, Service, SERVICE_NAME_LABEL};
+use podnet_state::compact::{EndpointSlice, Pod, Protocol, Service, ServiceType};
 use podnet_state::{ChangeSet, Kind, NamespacedName, Snapshot};
 
 use crate::index::{
@@ -34,6 +33,11 @@ pub struct BuiltService {
 /// (port number, endpoint label) of one headless SRV record.
 type SrvTarget = (u16, Vec<u8>);
 
+/// `tcp`, `udp`, `sctp`: the `_<proto>` label of SRV names.
+fn proto_label(p: Protocol) -> Vec<u8> {
+    p.k8s().to_ascii_lowercase().into_bytes()
+}
+
 fn label(s: &str) -> Option<Vec<u8>> {
     (!s.is_empty() && s.len() <= 63).then(|| s.to_ascii_lowercase().into_bytes())
 }
@@ -45,13 +49,12 @@ pub fn service_entry(
     svc: &Service,
     slices: &[&EndpointSlice],
 ) -> Option<BuiltService> {
-    let name = label(svc.metadata.name.as_deref()?)?;
-    let ns = label(svc.metadata.namespace.as_deref().unwrap_or("default"))?;
+    let name = label(&svc.metadata.name)?;
+    let ns = label(&svc.metadata.namespace)?;
     let svc_name = cfg.name(&[&name, &ns, b"svc"]);
-    let no_spec = ServiceSpec::default();
-    let spec = svc.spec.as_ref().unwrap_or(&no_spec);
+    let spec = &svc.spec;
     let ttl = cfg.ttl;
-    if spec.type_.as_deref() == Some("ExternalName") {
+    if spec.type_ == ServiceType::ExternalName {
         let target = wire::text_to_wire(spec.external_name.as_deref()?)?;
         if target.len() <= 1 {
             return None;
@@ -70,20 +73,13 @@ pub fn service_entry(
     }
     let mut cluster_ips: Vec<IpAddr> = spec
         .cluster_ips
-        .clone()
-        .unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect())
         .iter()
         .filter_map(|s| s.parse().ok())
         .collect();
     cluster_ips.dedup();
     let headless = cluster_ips.is_empty();
-    let publish_unready = spec.publish_not_ready_addresses == Some(true)
-        || svc
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(TOLERATE_UNREADY))
-            .is_some_and(|v| v == "true");
+    let publish_unready = spec.publish_not_ready_addresses
+        || svc.metadata.annotations.get(TOLERATE_UNREADY) == Some("true");
 
     let mut ptrs = Vec::new();
     // Ready endpoints: (label, ip), in slice order, deduplicated.
@@ -97,8 +93,7 @@ pub fn service_entry(
     for slice in slices {
         let mut slice_labels: Vec<Vec<u8>> = Vec::new();
         for ep in &slice.endpoints {
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            if !ready && !publish_unready {
+            if !ep.ready && !publish_unready {
                 continue;
             }
             for addr in &ep.addresses {
@@ -133,19 +128,14 @@ pub fn service_entry(
             }
         }
         if headless {
-            for p in slice.ports.iter().flatten() {
-                let (Some(pname), Some(port)) = (p.name.as_deref().and_then(label), p.port) else {
+            for p in slice.ports.iter() {
+                let (Some(pname), Some(port)) = (label(&p.name), p.port) else {
                     continue;
                 };
-                let proto = p
-                    .protocol
-                    .as_deref()
-                    .unwrap_or("TCP")
-                    .to_ascii_lowercase()
-                    .into_bytes();
+                let proto = proto_label(p.protocol);
                 let list = srv_targets.entry((proto, pname)).or_default();
                 for l in &slice_labels {
-                    let item = (port as u16, l.clone());
+                    let item = (port, l.clone());
                     if !list.contains(&item) {
                         list.push(item);
                     }
@@ -206,22 +196,17 @@ pub fn service_entry(
         }
         let mut glue = a.reowned(&svc_name);
         glue.extend(&aaaa.reowned(&svc_name));
-        for p in spec.ports.iter().flatten() {
-            let Some(pname) = p.name.as_deref().and_then(label) else {
+        for p in spec.ports.iter() {
+            let Some(pname) = label(&p.name) else {
                 continue;
             };
-            let proto = p
-                .protocol
-                .as_deref()
-                .unwrap_or("TCP")
-                .to_ascii_lowercase()
-                .into_bytes();
+            let proto = proto_label(p.protocol);
             let mut recs = SrvRecords::default();
             recs.srv.push(
                 &PTR_TO_QNAME,
                 TYPE_SRV,
                 ttl,
-                &wire::srv_rdata(0, 100, p.port as u16, &svc_name),
+                &wire::srv_rdata(0, 100, p.port, &svc_name),
             );
             recs.additional = glue.clone();
             add_srv(&proto, &pname, recs);
@@ -260,26 +245,13 @@ pub fn slices_of<'a>(snap: &'a Snapshot, svc: &NamespacedName) -> Vec<&'a Endpoi
     snap.endpoint_slices
         .range(from..)
         .take_while(|(k, _)| k.namespace == svc.namespace)
-        .filter(|(_, s)| slice_service(s).as_deref() == Some(svc.name.as_str()))
+        .filter(|(_, s)| *s.service_name == *svc.name)
         .map(|(_, s)| &**s)
         .collect()
 }
 
-fn slice_service(s: &EndpointSlice) -> Option<String> {
-    s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL).cloned()
-}
-
 fn pod_ips(p: &Pod) -> Vec<IpAddr> {
-    let Some(st) = p.status.as_ref() else {
-        return Vec::new();
-    };
-    let mut v: Vec<IpAddr> = st
-        .pod_ips
-        .iter()
-        .flatten()
-        .filter_map(|i| i.ip.parse().ok())
-        .chain(st.pod_ip.as_deref().and_then(|s| s.parse().ok()))
-        .collect();
+    let mut v: Vec<IpAddr> = p.pod_ips.iter().filter_map(|s| s.parse().ok()).collect();
     v.sort();
     v.dedup();
     v
@@ -418,9 +390,8 @@ impl IndexBuilder {
             namespaces.entry(lower_key(ns)).or_default();
         }
         for (k, s) in &snap.endpoint_slices {
-            if let Some(svc) = slice_service(s) {
-                self.slice_owner.insert(k.clone(), svc);
-            }
+            self.slice_owner
+                .insert(k.clone(), s.service_name.to_string());
         }
         // Group slices per service once instead of scanning per service
         // (BTreeMap order: the same slice order as `slices_of`).
@@ -538,9 +509,9 @@ impl IndexBuilder {
                     if let Some(old) = self.slice_owner.remove(&k) {
                         services.insert(NamespacedName::new(&k.namespace, &old));
                     }
-                    if let Some(new) = snap.endpoint_slices.get(&k).and_then(|s| slice_service(s)) {
-                        services.insert(NamespacedName::new(&k.namespace, &new));
-                        self.slice_owner.insert(k, new);
+                    if let Some(new) = snap.endpoint_slices.get(&k) {
+                        services.insert(NamespacedName::new(&k.namespace, &new.service_name));
+                        self.slice_owner.insert(k, new.service_name.to_string());
                     }
                 }
                 Kind::Pod => self.pod_changed(snap, nn()),

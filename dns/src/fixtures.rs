@@ -1,7 +1,10 @@
 //! Hand-made Kubernetes objects (as the store holds them, JSON) for tests,
-//! the benchmark and the fuzz target.
+//! the benchmark and the fuzz target, and the forms informer snapshots hold
+//! them in (decoded and compacted as the informer does).
 
-use podnet_state::object::{EndpointSlice, Namespace, Pod, Service, SERVICE_NAME_LABEL};
+use podnet_state::compact::{EndpointSlice, Pod, Service};
+use podnet_state::object::{self, Namespace, TypedObject, SERVICE_NAME_LABEL};
+use podnet_state::Kind;
 use serde_json::{json, Value};
 
 /// A port: (name, number, protocol). An empty name is an unnamed port.
@@ -104,18 +107,25 @@ pub fn namespace_json(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 }
 
-fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("fixture JSON matches the Kubernetes shape")
+/// `value` decoded as the informer decodes a stored object.
+fn decoded(kind: Kind, value: Value) -> TypedObject {
+    object::decode(kind, &value).expect("fixture JSON is a valid object")
 }
 
 pub fn service(ns: &str, name: &str, cluster_ips: &[&str], ports: &[Port<'_>]) -> Service {
-    typed(service_json(ns, name, cluster_ips, ports))
+    compact_service(service_json(ns, name, cluster_ips, ports))
 }
 pub fn headless(ns: &str, name: &str, ports: &[Port<'_>]) -> Service {
-    typed(service_json(ns, name, &[], ports))
+    compact_service(service_json(ns, name, &[], ports))
 }
 pub fn external(ns: &str, name: &str, target: &str) -> Service {
-    typed(external_json(ns, name, target))
+    compact_service(external_json(ns, name, target))
+}
+fn compact_service(v: Value) -> Service {
+    let TypedObject::Service(s) = decoded(Kind::Service, v) else {
+        unreachable!("decode(Kind::Service) gives a Service")
+    };
+    Service::from_k8s(s).expect("fixture service is valid")
 }
 pub fn slice(
     ns: &str,
@@ -125,11 +135,23 @@ pub fn slice(
     eps: &[Ep],
     ports: &[Port<'_>],
 ) -> EndpointSlice {
-    typed(slice_json(ns, name, svc, family, eps, ports))
+    let TypedObject::EndpointSlice(s) = decoded(
+        Kind::EndpointSlice,
+        slice_json(ns, name, svc, family, eps, ports),
+    ) else {
+        unreachable!("decode(Kind::EndpointSlice) gives an EndpointSlice")
+    };
+    EndpointSlice::from_k8s(s).expect("fixture slice is valid")
 }
 pub fn pod(ns: &str, name: &str, ips: &[&str]) -> Pod {
-    typed(pod_json(ns, name, ips))
+    let TypedObject::Pod(p) = decoded(Kind::Pod, pod_json(ns, name, ips)) else {
+        unreachable!("decode(Kind::Pod) gives a Pod")
+    };
+    Pod::from_k8s(p)
 }
 pub fn namespace(name: &str) -> Namespace {
-    typed(namespace_json(name))
+    let TypedObject::Namespace(n) = decoded(Kind::Namespace, namespace_json(name)) else {
+        unreachable!("decode(Kind::Namespace) gives a Namespace")
+    };
+    n
 }
