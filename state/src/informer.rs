@@ -17,10 +17,8 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::object::{
-    self, ClusterConfig, DecodeError, EndpointSlice, Namespace, Node, Pod, Service, SubnetLease,
-    TypedObject,
-};
+use crate::compact::{EndpointSlice, Pod, Service};
+use crate::object::{self, ClusterConfig, DecodeError, Namespace, Node, SubnetLease, TypedObject};
 use crate::store::{Kind, ObjectKey, Store, StoreError, StoredObject, WatchEvent};
 
 /// `namespace/name` of a namespaced object.
@@ -45,7 +43,8 @@ impl fmt::Display for NamespacedName {
     }
 }
 
-/// An immutable, complete view of the cluster at one moment.
+/// An immutable, complete view of the cluster at one moment. The numerous
+/// kinds are held in their `compact` forms; the few-per-cluster ones whole.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Highest store revision reflected here.
@@ -179,21 +178,17 @@ fn all_keys(s: &Snapshot) -> Vec<ObjectKey> {
 
 impl Snapshot {
     /// Store `obj` under `key`; true if the key was present before.
-    fn insert(&mut self, key: &ObjectKey, obj: TypedObject) -> bool {
+    fn insert(&mut self, key: &ObjectKey, obj: Entry) -> bool {
         let nn = || NamespacedName::new(key.namespace.as_deref().unwrap_or(""), &key.name);
         let name = key.name.clone();
         match obj {
-            TypedObject::Node(o) => self.nodes.insert(name, Arc::new(o)).is_some(),
-            TypedObject::Service(o) => self.services.insert(nn(), Arc::new(o)).is_some(),
-            TypedObject::EndpointSlice(o) => {
-                self.endpoint_slices.insert(nn(), Arc::new(o)).is_some()
-            }
-            TypedObject::Pod(o) => self.pods.insert(nn(), Arc::new(o)).is_some(),
-            TypedObject::Namespace(o) => self.namespaces.insert(name, Arc::new(o)).is_some(),
-            TypedObject::ClusterConfig(o) => {
-                self.cluster_configs.insert(name, Arc::new(o)).is_some()
-            }
-            TypedObject::SubnetLease(o) => self.leases.insert(name, Arc::new(o)).is_some(),
+            Entry::Node(o) => self.nodes.insert(name, o).is_some(),
+            Entry::Service(o) => self.services.insert(nn(), o).is_some(),
+            Entry::EndpointSlice(o) => self.endpoint_slices.insert(nn(), o).is_some(),
+            Entry::Pod(o) => self.pods.insert(nn(), o).is_some(),
+            Entry::Namespace(o) => self.namespaces.insert(name, o).is_some(),
+            Entry::ClusterConfig(o) => self.cluster_configs.insert(name, o).is_some(),
+            Entry::SubnetLease(o) => self.leases.insert(name, o).is_some(),
         }
     }
 
@@ -212,11 +207,38 @@ impl Snapshot {
     }
 }
 
+/// One object in the form the snapshot keeps it.
+enum Entry {
+    Node(Arc<Node>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    Pod(Arc<Pod>),
+    Namespace(Arc<Namespace>),
+    ClusterConfig(Arc<ClusterConfig>),
+    SubnetLease(Arc<SubnetLease>),
+}
+
+impl Entry {
+    /// The snapshot form of a decoded object; `Err` is an `Ignored` reason
+    /// (an EndpointSlice without its Service label) or an invalid value.
+    fn from_typed(obj: TypedObject) -> Result<Entry, String> {
+        Ok(match obj {
+            TypedObject::Node(o) => Entry::Node(Arc::new(o)),
+            TypedObject::Service(o) => Entry::Service(Arc::new(Service::from_k8s(o)?)),
+            TypedObject::EndpointSlice(o) => {
+                Entry::EndpointSlice(Arc::new(EndpointSlice::from_k8s(o)?))
+            }
+            TypedObject::Pod(o) => Entry::Pod(Arc::new(Pod::from_k8s(o))),
+            TypedObject::Namespace(o) => Entry::Namespace(Arc::new(o)),
+            TypedObject::ClusterConfig(o) => Entry::ClusterConfig(Arc::new(o)),
+            TypedObject::SubnetLease(o) => Entry::SubnetLease(Arc::new(o)),
+        })
+    }
+}
+
 /// One decoded update to apply to the snapshot.
-// Unboxed on purpose: each update is moved once, into the snapshot's `Arc`.
-#[allow(clippy::large_enum_variant)]
 enum Update {
-    Put(ObjectKey, TypedObject),
+    Put(ObjectKey, Entry),
     /// Deleted, or now ignored (an EndpointSlice that lost its Service label).
     Remove(ObjectKey),
 }
@@ -225,7 +247,13 @@ enum Update {
 /// (logged; the snapshot keeps what it had).
 fn decode(o: &StoredObject) -> Option<Update> {
     match object::decode(o.key.kind, &o.value) {
-        Ok(t) => Some(Update::Put(o.key.clone(), t)),
+        Ok(t) => match Entry::from_typed(t) {
+            Ok(e) => Some(Update::Put(o.key.clone(), e)),
+            Err(e) => {
+                tracing::warn!(key = %o.key, revision = o.mod_revision, error = %e, "skipping malformed object");
+                None
+            }
+        },
         Err(e @ DecodeError::Ignored { .. }) => {
             tracing::info!(key = %o.key, revision = o.mod_revision, reason = %e, "leaving object out of the snapshot");
             Some(Update::Remove(o.key.clone()))

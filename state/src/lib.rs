@@ -8,10 +8,12 @@
 //! - `object`: typed decoding with Kubernetes defaults, `ClusterConfig` checks.
 //! - `parse`: user input (kubectl-style YAML/JSON, Lists, multi-doc) to objects.
 //! - `dir`, `etcd`: the backends; `open_store` picks one from a URL.
-//! - `informer`: snapshots + coalesced change sets over any `Store`.
+//! - `informer`: snapshots + coalesced change sets over any `Store`, holding
+//!   Services, EndpointSlices and Pods in their `compact` forms.
 //! - `subnet`: node pod-subnet claims on top of `create_if_absent` + leases.
 //! - `ctl`: what the `podnetctl` binary does.
 
+pub mod compact;
 pub mod ctl;
 pub mod dir;
 pub mod etcd;

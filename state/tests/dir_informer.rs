@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use podnet_state::compact::{Protocol, TargetPort};
 use podnet_state::dir::{DirOptions, DirStore};
 use podnet_state::{
     Change, ChangeSet, ChangeType, Informer, Kind, NamespacedName, ObjectKey, Store, Subscription,
@@ -50,15 +51,8 @@ fn changes(cs: &ChangeSet) -> Vec<(String, ChangeType)> {
         .collect()
 }
 
-fn port(snap: &podnet_state::Snapshot, name: &str) -> i32 {
-    snap.services[&nn(name)]
-        .spec
-        .as_ref()
-        .unwrap()
-        .ports
-        .as_ref()
-        .unwrap()[0]
-        .port
+fn port(snap: &podnet_state::Snapshot, name: &str) -> u16 {
+    snap.services[&nn(name)].spec.ports[0].port
 }
 
 #[tokio::test]
@@ -84,14 +78,9 @@ async fn informer_first_sync_then_change_sets() {
     assert!(snap.synced);
     assert_eq!(snap.revision, s.revision().unwrap());
     // Defaults applied on decode.
-    let p = &snap.services[&nn("a")]
-        .spec
-        .as_ref()
-        .unwrap()
-        .ports
-        .as_ref()
-        .unwrap()[0];
-    assert_eq!(p.protocol.as_deref(), Some("TCP"));
+    let p = &snap.services[&nn("a")].spec.ports[0];
+    assert_eq!(p.protocol, Protocol::Tcp);
+    assert_eq!(p.target_port, TargetPort::Number(80));
 
     let cs = next(&mut sub).await;
     assert!(cs.full_resync);

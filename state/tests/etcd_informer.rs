@@ -46,9 +46,9 @@ fn versions(s: &Snapshot) -> BTreeMap<String, String> {
             let v = svc
                 .metadata
                 .labels
-                .as_ref()
-                .and_then(|l| l.get("version").cloned())
-                .unwrap_or_default();
+                .get("version")
+                .unwrap_or_default()
+                .to_string();
             (nn.name.clone(), v)
         })
         .collect()
