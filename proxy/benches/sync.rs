@@ -19,6 +19,7 @@ use podnet_proxy::model::Family;
 use podnet_proxy::plan::Layout;
 use podnet_proxy::render;
 use podnet_proxy::sync::{Proxier, ProxyConfig};
+use podnet_state::compact;
 use podnet_state::object::SERVICE_NAME_LABEL;
 use podnet_state::{Change, ChangeType, Kind, NamespacedName, ObjectKey, Snapshot};
 
@@ -89,6 +90,11 @@ fn slice(i: usize, ips: &[String], node: &str) -> EndpointSlice {
     }
 }
 
+/// The compact form the informer keeps of `slice(..)`.
+fn compact_slice(i: usize, ips: &[String], node: &str) -> Arc<compact::EndpointSlice> {
+    Arc::new(compact::EndpointSlice::from_k8s(slice(i, ips, node)).unwrap())
+}
+
 fn snapshot(n: usize) -> Snapshot {
     let mut s = Snapshot {
         synced: true,
@@ -97,11 +103,11 @@ fn snapshot(n: usize) -> Snapshot {
     for i in 0..n {
         s.services.insert(
             NamespacedName::new("bench", &format!("svc-{i}")),
-            Arc::new(service(i)),
+            Arc::new(compact::Service::from_k8s(service(i)).unwrap()),
         );
         s.endpoint_slices.insert(
             NamespacedName::new("bench", &format!("svc-{i}-1")),
-            Arc::new(slice(i, &[ep_ip(i, 0), ep_ip(i, 1)], "node-b")),
+            compact_slice(i, &[ep_ip(i, 0), ep_ip(i, 1)], "node-b"),
         );
     }
     s
@@ -112,7 +118,7 @@ fn bump_endpoint(s: &mut Snapshot, g: usize) {
     let ips = [ep_ip(0, 0), format!("10.246.{}.{}", g / 250, g % 250 + 1)];
     s.endpoint_slices.insert(
         NamespacedName::new("bench", "svc-0-1"),
-        Arc::new(slice(0, &ips, "node-b")),
+        compact_slice(0, &ips, "node-b"),
     );
 }
 
@@ -297,7 +303,7 @@ fn connect_latency(n: usize) -> Duration {
     let mut snap = snapshot(n);
     snap.endpoint_slices.insert(
         NamespacedName::new("bench", "svc-0-1"),
-        Arc::new(slice(0, &["10.244.0.2".to_string()], "node-a")),
+        compact_slice(0, &["10.244.0.2".to_string()], "node-a"),
     );
     node.enter(|| {
         Proxier::new(config(Layout::Podnet), Arc::new(Metrics::new()))
@@ -346,18 +352,16 @@ fn proxy_rss(n: usize, dir: &std::path::Path) -> (u64, u64, Duration) {
     let t = Instant::now();
     rt.block_on(async {
         let store = podnet_state::open_store(&url).await.unwrap();
-        let snap = snapshot(n);
-        for (name, svc) in &snap.services {
-            let key = ObjectKey::new(Kind::Service, Some(&name.namespace), &name.name);
+        for i in 0..n {
+            let key = ObjectKey::new(Kind::Service, Some("bench"), &format!("svc-{i}"));
             store
-                .put(&key, &serde_json::to_value(svc.as_ref()).unwrap())
+                .put(&key, &serde_json::to_value(service(i)).unwrap())
                 .await
                 .unwrap();
-        }
-        for (name, sl) in &snap.endpoint_slices {
-            let key = ObjectKey::new(Kind::EndpointSlice, Some(&name.namespace), &name.name);
+            let key = ObjectKey::new(Kind::EndpointSlice, Some("bench"), &format!("svc-{i}-1"));
+            let sl = slice(i, &[ep_ip(i, 0), ep_ip(i, 1)], "node-b");
             store
-                .put(&key, &serde_json::to_value(sl.as_ref()).unwrap())
+                .put(&key, &serde_json::to_value(sl).unwrap())
                 .await
                 .unwrap();
         }

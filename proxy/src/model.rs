@@ -8,9 +8,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use podnet_state::object::SERVICE_NAME_LABEL;
+use podnet_state::compact::{self, AddressType, EndpointSlice, Service, ServiceType, Str};
 use podnet_state::{NamespacedName, Snapshot};
 
 /// Affinity timeout Kubernetes uses when `sessionAffinityConfig` is absent (3 hours).
@@ -36,11 +34,11 @@ impl Family {
             Family::V6 => "ip6",
         }
     }
-    /// Kubernetes `addressType` / ipFamilies spelling.
-    pub fn k8s(self) -> &'static str {
+    /// The EndpointSlice `addressType` of this family.
+    pub fn address_type(self) -> AddressType {
         match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
+            Family::V4 => AddressType::IPv4,
+            Family::V6 => AddressType::IPv6,
         }
     }
 }
@@ -52,16 +50,17 @@ pub enum Protocol {
     Sctp,
 }
 
-impl Protocol {
-    /// Parses the Kubernetes spelling; absent means TCP as in Kubernetes.
-    pub fn parse(p: Option<&str>) -> Option<Protocol> {
-        match p.unwrap_or("TCP") {
-            "TCP" => Some(Protocol::Tcp),
-            "UDP" => Some(Protocol::Udp),
-            "SCTP" => Some(Protocol::Sctp),
-            _ => None,
+impl From<compact::Protocol> for Protocol {
+    fn from(p: compact::Protocol) -> Protocol {
+        match p {
+            compact::Protocol::Tcp => Protocol::Tcp,
+            compact::Protocol::Udp => Protocol::Udp,
+            compact::Protocol::Sctp => Protocol::Sctp,
         }
     }
+}
+
+impl Protocol {
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
@@ -259,28 +258,16 @@ impl Model {
         slices: Option<&[&EndpointSlice]>,
         cfg: &ModelConfig,
     ) {
-        let Some(spec) = &svc.spec else {
-            self.skip(format!("service {name}"), "no spec");
-            return;
-        };
-        let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
-        if type_ == "ExternalName" {
+        let spec = &svc.spec;
+        if spec.type_ == ServiceType::ExternalName {
             return; // DNS-only; nothing to proxy.
         }
-        let mut ip_strings: Vec<&str> = spec
-            .cluster_ips
-            .iter()
-            .flatten()
-            .map(String::as_str)
-            .collect();
-        if ip_strings.is_empty() {
-            ip_strings.extend(spec.cluster_ip.as_deref());
-        }
-        if ip_strings.is_empty() || ip_strings.iter().any(|s| *s == "None" || s.is_empty()) {
+        let ip_strings = &spec.cluster_ips;
+        if ip_strings.is_empty() || ip_strings.iter().any(|s| &**s == "None" || s.is_empty()) {
             return; // headless (or not allocated yet): nothing to proxy.
         }
         let mut cluster_ips: BTreeMap<Family, IpAddr> = BTreeMap::new();
-        for s in ip_strings {
+        for s in ip_strings.iter() {
             let ip: IpAddr = match s.parse() {
                 Ok(ip) => ip,
                 Err(_) => {
@@ -313,78 +300,57 @@ impl Model {
             }
             cluster_ips.entry(fam).or_insert(ip);
         }
-        let external_ips = self.parse_ips(name, "externalIP", spec.external_ips.iter().flatten());
-        let lb_ips = if type_ == "LoadBalancer" {
-            let ingress: Vec<&String> = svc
-                .status
-                .iter()
-                .flat_map(|s| s.load_balancer.iter())
-                .flat_map(|lb| lb.ingress.iter().flatten())
-                .filter_map(|i| i.ip.as_ref())
-                .collect();
-            self.parse_ips(name, "load balancer ingress IP", ingress.into_iter())
+        let external_ips = self.parse_ips(name, "externalIP", spec.external_ips.iter());
+        let lb_ips = if spec.type_ == ServiceType::LoadBalancer {
+            self.parse_ips(
+                name,
+                "load balancer ingress IP",
+                svc.load_balancer_ingress_ips.iter(),
+            )
         } else {
             Vec::new()
         };
-        let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
+        let affinity_timeout = spec.session_affinity_client_ip.then(|| {
+            spec.session_affinity_timeout_seconds
                 .filter(|t| *t > 0)
                 .map(|t| t as u32)
                 .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECS)
         });
-        let etp_local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-        let node_ports_allowed = type_ == "NodePort" || type_ == "LoadBalancer";
+        let etp_local = spec.external_traffic_policy_local;
+        let itp_local = spec.internal_traffic_policy_local;
+        let node_ports_allowed = matches!(
+            spec.type_,
+            ServiceType::NodePort | ServiceType::LoadBalancer
+        );
 
         let mut seen: BTreeSet<(Protocol, u16)> = BTreeSet::new();
-        let mut seen_names: BTreeSet<String> = BTreeSet::new();
+        let mut seen_names: BTreeSet<&str> = BTreeSet::new();
         let mut max_local = 0usize;
         let mut hc_port = None;
-        for p in spec.ports.iter().flatten() {
-            let port_name = p.name.clone().unwrap_or_default();
-            let what = || format!("service {name} port {port_name:?} ({})", p.port);
-            let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
-                self.skip(
-                    what(),
-                    format!("unknown protocol {:?}", p.protocol.as_deref().unwrap_or("")),
-                );
-                continue;
-            };
-            let Some(port) = valid_port(p.port) else {
-                self.skip(what(), "port must be 1..65535");
-                continue;
-            };
+        for p in spec.ports.iter() {
+            let port_name: &str = &p.name;
+            let protocol = Protocol::from(p.protocol);
+            let port = p.port;
+            let what = || format!("service {name} port {port_name:?} ({port})");
             if !seen.insert((protocol, port)) {
                 self.skip(what(), format!("duplicate port {port}/{}", protocol.name()));
                 continue;
             }
-            if !seen_names.insert(port_name.clone()) {
+            if !seen_names.insert(port_name) {
                 self.skip(what(), format!("duplicate port name {port_name:?}"));
                 continue;
             }
-            let node_port = match p.node_port.filter(|_| node_ports_allowed) {
-                None | Some(0) => None,
-                Some(np) => match valid_port(np) {
-                    Some(np) => Some(np),
-                    None => {
-                        self.skip(what(), format!("nodePort {np} must be 1..65535"));
-                        continue;
-                    }
-                },
-            };
+            let node_port = p.node_port.filter(|_| node_ports_allowed);
             let spn = ServicePortName {
                 service: name.clone(),
-                port: port_name.clone(),
+                port: port_name.to_string(),
                 protocol,
             };
             for (fam, cluster_ip) in &cluster_ips {
                 let eps = endpoints_for(
                     slices.unwrap_or(&[]),
                     *fam,
-                    &port_name,
+                    port_name,
                     protocol,
                     &cfg.node_name,
                 );
@@ -415,7 +381,7 @@ impl Model {
                 let sp = ServicePort {
                     external_policy_local: ext_local,
                     health_check_node_port: if ext_local {
-                        spec.health_check_node_port.and_then(valid_port)
+                        spec.health_check_node_port
                     } else {
                         None
                     },
@@ -444,7 +410,7 @@ impl Model {
         &mut self,
         name: &NamespacedName,
         what: &str,
-        ips: impl Iterator<Item = &'a String>,
+        ips: impl Iterator<Item = &'a Str>,
     ) -> Vec<IpAddr> {
         let mut out = Vec::new();
         for s in ips {
@@ -461,22 +427,10 @@ impl Model {
     }
 }
 
-fn valid_port(p: i32) -> Option<u16> {
-    u16::try_from(p).ok().filter(|p| *p != 0)
-}
-
 pub fn slices_by_service(snapshot: &Snapshot) -> BTreeMap<NamespacedName, Vec<&EndpointSlice>> {
     let mut out: BTreeMap<NamespacedName, Vec<&EndpointSlice>> = BTreeMap::new();
     for (key, slice) in &snapshot.endpoint_slices {
-        let Some(svc) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            continue;
-        };
-        out.entry(NamespacedName::new(&key.namespace, svc))
+        out.entry(NamespacedName::new(&key.namespace, &slice.service_name))
             .or_default()
             .push(slice);
     }
@@ -517,22 +471,19 @@ fn endpoints_for(
     let mut local = Candidates::default();
     let mut maybe_local = BTreeSet::new();
     for slice in slices {
-        if slice.address_type != fam.k8s() {
+        if slice.address_type != fam.address_type() {
             continue;
         }
-        let target = slice.ports.iter().flatten().find(|p| {
-            p.name.as_deref().unwrap_or("") == port_name
-                && Protocol::parse(p.protocol.as_deref()) == Some(protocol)
-        });
-        let Some(port) = target.and_then(|p| p.port).and_then(valid_port) else {
+        let target = slice
+            .ports
+            .iter()
+            .find(|p| &*p.name == port_name && Protocol::from(p.protocol) == protocol);
+        let Some(port) = target.and_then(|p| p.port) else {
             continue;
         };
-        for ep in &slice.endpoints {
-            let cond = ep.conditions.as_ref();
-            // Kubernetes semantics: unset ready means ready; unset serving means `ready`.
-            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-            let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
-            let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+        for ep in slice.endpoints.iter() {
+            // Conditions come with the Kubernetes defaults applied.
+            let (ready, serving, terminating) = (ep.ready, ep.serving, ep.terminating);
             let node_name = ep.node_name.as_deref();
             let is_local = node_name == Some(node);
             // Kubernetes uses only the first address of an endpoint.
@@ -566,17 +517,19 @@ fn endpoints_for(
 pub(crate) mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, ServicePort as K8sPort,
-        ServiceSpec, ServiceStatus, SessionAffinityConfig,
+        ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service as K8sService,
+        ServicePort as K8sPort, ServiceSpec, ServiceStatus, SessionAffinityConfig,
     };
     use k8s_openapi::api::discovery::v1::{
-        Endpoint as K8sEndpoint, EndpointConditions, EndpointPort,
+        Endpoint as K8sEndpoint, EndpointConditions, EndpointPort, EndpointSlice as K8sSlice,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use podnet_state::object::SERVICE_NAME_LABEL;
     use std::sync::Arc;
 
-    pub fn svc(ns: &str, name: &str, ip: &str, ports: &[(&str, &str, i32, i32)]) -> Service {
-        Service {
+    /// A k8s Service (tests adjust its spec before `snapshot` converts it).
+    pub fn svc(ns: &str, name: &str, ip: &str, ports: &[(&str, &str, i32, i32)]) -> K8sService {
+        K8sService {
             metadata: ObjectMeta {
                 namespace: Some(ns.into()),
                 name: Some(name.into()),
@@ -621,8 +574,8 @@ pub(crate) mod tests {
         fam: &str,
         ports: &[(&str, &str, i32)],
         eps: &[Ep],
-    ) -> EndpointSlice {
-        EndpointSlice {
+    ) -> K8sSlice {
+        K8sSlice {
             address_type: fam.into(),
             metadata: ObjectMeta {
                 namespace: Some(ns.into()),
@@ -657,24 +610,23 @@ pub(crate) mod tests {
         }
     }
 
-    pub fn snapshot(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Snapshot {
+    /// A snapshot holding the compact forms, as the informer's does.
+    pub fn snapshot(services: Vec<K8sService>, slices: Vec<K8sSlice>) -> Snapshot {
         let mut s = Snapshot {
             synced: true,
             ..Default::default()
         };
         for svc in services {
+            let svc = Service::from_k8s(svc).unwrap();
             let m = &svc.metadata;
-            s.services.insert(
-                NamespacedName::new(m.namespace.as_deref().unwrap(), m.name.as_deref().unwrap()),
-                Arc::new(svc),
-            );
+            s.services
+                .insert(NamespacedName::new(&m.namespace, &m.name), Arc::new(svc));
         }
         for sl in slices {
+            let sl = EndpointSlice::from_k8s(sl).unwrap();
             let m = &sl.metadata;
-            s.endpoint_slices.insert(
-                NamespacedName::new(m.namespace.as_deref().unwrap(), m.name.as_deref().unwrap()),
-                Arc::new(sl),
-            );
+            s.endpoint_slices
+                .insert(NamespacedName::new(&m.namespace, &m.name), Arc::new(sl));
         }
         s
     }
@@ -761,6 +713,7 @@ pub(crate) mod tests {
     fn headless_externalname_and_other_family_skipped_silently() {
         let mut ext = svc("default", "ext", "10.96.0.12", &[("http", "TCP", 80, 0)]);
         ext.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
+        ext.spec.as_mut().unwrap().external_name = Some("example.org".into());
         let s = snapshot(
             vec![
                 svc("default", "headless", "None", &[("http", "TCP", 80, 0)]),
@@ -787,11 +740,10 @@ pub(crate) mod tests {
                     "mixed",
                     "10.96.0.20",
                     &[
-                        ("zero", "TCP", 0, 0),
-                        ("weird", "ICMP", 80, 0),
                         ("http", "TCP", 80, 0),
                         ("http2", "TCP", 80, 0),
                         ("dns", "UDP", 53, 0),
+                        ("dns", "TCP", 5353, 0),
                     ],
                 ),
                 svc(
@@ -806,13 +758,10 @@ pub(crate) mod tests {
         );
         let m = Model::build(&s, &cfg());
         let reasons: Vec<String> = m.skipped.iter().map(|s| s.to_string()).collect();
-        assert_eq!(m.skipped.len(), 5, "{reasons:#?}");
+        assert_eq!(m.skipped.len(), 4, "{reasons:#?}");
         assert!(reasons
             .iter()
-            .any(|r| r.contains("\"zero\"") && r.contains("1..65535")));
-        assert!(reasons
-            .iter()
-            .any(|r| r.contains("unknown protocol \"ICMP\"")));
+            .any(|r| r.contains("(5353)") && r.contains("duplicate port name \"dns\"")));
         assert!(reasons
             .iter()
             .any(|r| r.contains("\"http2\"") && r.contains("duplicate port 80/tcp")));

@@ -8,9 +8,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use podnet_nft::{Batch, Nft};
-use podnet_state::object::SERVICE_NAME_LABEL;
+use podnet_state::compact::EndpointSlice;
 use podnet_state::{Change, Kind, NamespacedName, Snapshot};
 
 use crate::apply::{self, ApplyError};
@@ -182,9 +181,8 @@ pub struct Proxier {
     metrics: std::sync::Arc<Metrics>,
 }
 
-fn slice_service(slice: &EndpointSlice, key: &NamespacedName) -> Option<NamespacedName> {
-    let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some(NamespacedName::new(&key.namespace, svc))
+fn slice_service(slice: &EndpointSlice, key: &NamespacedName) -> NamespacedName {
+    NamespacedName::new(&key.namespace, &slice.service_name)
 }
 
 fn plan_configs(cfg: &ProxyConfig, snap: &Snapshot) -> (ModelConfig, BTreeMap<Family, PlanConfig>) {
@@ -395,7 +393,7 @@ impl Proxier {
                             if let Some(owner) = snap
                                 .endpoint_slices
                                 .get(&key)
-                                .and_then(|s| slice_service(s, &key))
+                                .map(|s| slice_service(s, &key))
                             {
                                 inst.service_slices
                                     .entry(owner.clone())
@@ -572,13 +570,12 @@ impl Proxier {
         drop(batch);
         if let Some(mut inst) = installed {
             for (key, slice) in &snap.endpoint_slices {
-                if let Some(owner) = slice_service(slice, key) {
-                    inst.service_slices
-                        .entry(owner.clone())
-                        .or_default()
-                        .insert(key.clone());
-                    inst.slice_owner.insert(key.clone(), owner);
-                }
+                let owner = slice_service(slice, key);
+                inst.service_slices
+                    .entry(owner.clone())
+                    .or_default()
+                    .insert(key.clone());
+                inst.slice_owner.insert(key.clone(), owner);
             }
             self.installed = Some(inst);
         }

@@ -3,12 +3,11 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use netns_fixtures::Netns;
 use podnet_proxy::metrics::Metrics;
 use podnet_proxy::plan::Layout;
 use podnet_proxy::sync::{Proxier, ProxyConfig};
+use podnet_state::compact::{EndpointSlice, Service};
 use podnet_state::{Change, ChangeType, Kind, NamespacedName, ObjectKey, Snapshot};
 use serde_json::{json, Value};
 
@@ -32,16 +31,17 @@ fn svc(name: &str, ip: &str, port: u16, extra: Value) -> Service {
     if let (Some(spec), Some(extra)) = (v["spec"].as_object_mut(), extra.as_object()) {
         spec.extend(extra.clone());
     }
-    serde_json::from_value(v).unwrap()
+    Service::from_k8s(serde_json::from_value(v).unwrap()).unwrap()
 }
 
 fn slice(svc: &str, eps: &[(&str, &str)]) -> EndpointSlice {
-    serde_json::from_value(json!({
+    EndpointSlice::from_k8s(serde_json::from_value(json!({
         "metadata": {"name": format!("{svc}-1"), "namespace": "default", "labels": {"kubernetes.io/service-name": svc}},
         "addressType": "IPv4",
         "ports": [{"name": "p", "port": 8080, "protocol": "TCP"}],
         "endpoints": eps.iter().map(|(ip, node)| json!({"addresses": [ip], "nodeName": node})).collect::<Vec<_>>()
     }))
+    .unwrap())
     .unwrap()
 }
 
