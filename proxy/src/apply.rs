@@ -177,6 +177,7 @@ impl Enc<'_> {
             Stmt::Dport { proto, port } => r
                 .eq(Field::L4Proto, Val::Proto(proto.number()))
                 .eq(Field::ThDport, Val::Port(*port)),
+            Stmt::L4Proto(p) => r.eq(Field::L4Proto, Val::Proto(p.number())),
             Stmt::FibDaddrLocal => r.eq(Field::FibDaddrType, Val::U32(fib_type::LOCAL)),
             Stmt::FibSaddrLocal => r.eq(Field::FibSaddrType, Val::U32(fib_type::LOCAL)),
             Stmt::MarkUnset(m) => r.exprs(masked_cmp(Field::Mark, *m, CmpOp::Eq, 0)),
@@ -253,6 +254,7 @@ impl Enc<'_> {
                 )
                 .map_err(self.err(format!("the affinity update in chain {chain}")))?,
             Stmt::MasqueradeFullyRandom => r.masquerade(nat_flags::FULLY_RANDOM),
+            Stmt::RejectTcpReset => r.reject(Reject::TcpReset),
             Stmt::Reject => r.reject(Reject::Icmp(match f {
                 Family::V4 => icmp_code::PORT_UNREACH,
                 // ICMPv6 destination unreachable code 4: port unreachable.

@@ -113,6 +113,8 @@ pub enum Stmt {
         proto: Protocol,
         port: u16,
     },
+    /// `meta l4proto P`
+    L4Proto(Protocol),
     /// `fib daddr type local`
     FibDaddrLocal,
     /// `fib saddr type local`
@@ -148,6 +150,9 @@ pub enum Stmt {
     /// `update @set { ip saddr }` (session affinity)
     UpdateSaddr(String),
     MasqueradeFullyRandom,
+    /// `reject with tcp reset` (after `meta l4proto tcp`).
+    RejectTcpReset,
+    /// `reject`: ICMP port unreachable (ICMPv6 in ip6).
     Reject,
     Verdict(Verdict),
 }
@@ -610,7 +615,13 @@ impl Builder<'_> {
             Some("helper for @no-endpoint-services / @no-endpoint-nodeports".into()),
         )
         .rules
-        .push(Rule::new(vec![Stmt::Reject]));
+        .extend([
+            // A client's kernel may see the ICMP error while connect() still
+            // holds the socket and keep it as a soft error, retrying the SYN
+            // a second later; a RST refuses the connection at once.
+            Rule::new(vec![Stmt::L4Proto(Protocol::Tcp), Stmt::RejectTcpReset]),
+            Rule::new(vec![Stmt::Reject]),
+        ]);
         self.chain(
             MARK_MASQ,
             Some("mark the connection for SNAT in masquerading".into()),

@@ -100,6 +100,7 @@ pub fn stmt(f: Family, s: &Stmt) -> String {
             format!("{ipx} daddr {}{}", if *negate { "!= " } else { "" }, net(n))
         }
         Stmt::Dport { proto, port } => format!("{} dport {port}", proto.name()),
+        Stmt::L4Proto(p) => format!("meta l4proto {}", p.name()),
         Stmt::FibDaddrLocal => "fib daddr type local".into(),
         Stmt::FibSaddrLocal => "fib saddr type local".into(),
         Stmt::MarkUnset(m) => format!("meta mark & {m:#010x} == 0x00000000"),
@@ -127,6 +128,7 @@ pub fn stmt(f: Family, s: &Stmt) -> String {
         ),
         Stmt::UpdateSaddr(set) => format!("update @{set} {{ {ipx} saddr }}"),
         Stmt::MasqueradeFullyRandom => "masquerade fully-random".into(),
+        Stmt::RejectTcpReset => "reject with tcp reset".into(),
         Stmt::Reject => "reject".into(),
         Stmt::Verdict(v) => verdict(v),
     }
