@@ -40,13 +40,37 @@ pub enum ConntrackError {
     Kernel { op: &'static str, errno: i32 },
 }
 
-/// UDP flows originally sent to `orig_dst:dport` whose reply comes from
-/// `reply_src` (the endpoint after DNAT), or any reply source when `None`.
+/// UDP flows originally sent to `orig_dst:dport` (any address of the
+/// family when `None`: a NodePort on whichever node address it was reached)
+/// whose reply comes from `reply_src` (the endpoint after DNAT), or any reply
+/// source when `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowFilter {
-    pub orig_dst: IpAddr,
+    pub ipv6: bool,
+    pub orig_dst: Option<IpAddr>,
     pub dport: u16,
     pub reply_src: Option<IpAddr>,
+}
+
+impl FlowFilter {
+    /// Flows to a service address.
+    pub fn to_ip(ip: IpAddr, dport: u16, reply_src: Option<IpAddr>) -> FlowFilter {
+        FlowFilter {
+            ipv6: ip.is_ipv6(),
+            orig_dst: Some(ip),
+            dport,
+            reply_src,
+        }
+    }
+    /// Flows to a NodePort of the family, on any node address.
+    pub fn to_node_port(ipv6: bool, dport: u16, reply_src: Option<IpAddr>) -> FlowFilter {
+        FlowFilter {
+            ipv6,
+            orig_dst: None,
+            dport,
+            reply_src,
+        }
+    }
 }
 
 /// A parsed tuple: (src, dst, l4 protocol, dst port).
@@ -119,7 +143,7 @@ fn parse_tuple(b: &[u8]) -> Tuple {
 
 fn matches(f: &FlowFilter, orig: &Tuple, reply: &Tuple) -> bool {
     orig.proto == Some(IPPROTO_UDP)
-        && orig.dst == Some(f.orig_dst)
+        && f.orig_dst.is_none_or(|d| orig.dst == Some(d))
         && orig.dport == Some(f.dport)
         && f.reply_src.is_none_or(|r| reply.src == Some(r))
 }
@@ -189,10 +213,7 @@ impl Conntrack {
     pub fn delete_udp(&mut self, filters: &[FlowFilter]) -> Result<usize, ConntrackError> {
         let mut deleted = 0;
         for (family, v4) in [(libc::AF_INET as u8, true), (libc::AF_INET6 as u8, false)] {
-            let fs: Vec<&FlowFilter> = filters
-                .iter()
-                .filter(|f| f.orig_dst.is_ipv4() == v4)
-                .collect();
+            let fs: Vec<&FlowFilter> = filters.iter().filter(|f| f.ipv6 != v4).collect();
             if fs.is_empty() {
                 continue;
             }
@@ -296,11 +317,11 @@ mod tests {
             src: Some("10.244.1.5".parse().unwrap()),
             ..Default::default()
         };
-        let f = FlowFilter {
-            orig_dst: "10.96.0.53".parse().unwrap(),
-            dport: 53,
-            reply_src: Some("10.244.1.5".parse().unwrap()),
-        };
+        let f = FlowFilter::to_ip(
+            "10.96.0.53".parse().unwrap(),
+            53,
+            Some("10.244.1.5".parse().unwrap()),
+        );
         assert!(matches(&f, &orig, &reply));
         assert!(!matches(&FlowFilter { dport: 54, ..f }, &orig, &reply));
         assert!(!matches(
@@ -319,5 +340,9 @@ mod tests {
             &orig,
             &reply
         ));
+        // A NodePort filter matches whatever node address the flow was sent to.
+        let np = FlowFilter::to_node_port(false, 53, Some("10.244.1.5".parse().unwrap()));
+        assert!(matches(&np, &orig, &reply));
+        assert!(!matches(&FlowFilter { dport: 30053, ..np }, &orig, &reply));
     }
 }

@@ -614,11 +614,13 @@ impl Proxier {
 
     /// UDP has no connection end: flows to endpoints that went away, and
     /// flows that hit a service while it had no endpoints (never NATed), would
-    /// keep their conntrack entry and stall clients. Delete them.
+    /// keep their conntrack entry and stall clients. Delete them, for the
+    /// service addresses and the NodePort alike (like kube-proxy).
     fn clear_stale_udp(&self, old: &Model, new: &Model) -> usize {
         let mut filters = Vec::new();
         for fam in [Family::V4, Family::V6] {
             let (old_ports, new_ports) = (old.family(fam), new.family(fam));
+            let ipv6 = fam == Family::V6;
             for (name, osp) in old_ports
                 .iter()
                 .filter(|(n, _)| n.protocol == Protocol::Udp)
@@ -641,11 +643,10 @@ impl Proxier {
                     .collect();
                 for gone in before.difference(&still) {
                     for vip in osp.service_ips() {
-                        filters.push(FlowFilter {
-                            orig_dst: *vip,
-                            dport: osp.port,
-                            reply_src: Some(*gone),
-                        });
+                        filters.push(FlowFilter::to_ip(*vip, osp.port, Some(*gone)));
+                    }
+                    if let Some(np) = osp.node_port {
+                        filters.push(FlowFilter::to_node_port(ipv6, np, Some(*gone)));
                     }
                 }
             }
@@ -656,11 +657,10 @@ impl Proxier {
                 let had = old_ports.get(name).is_some_and(|o| o.has_endpoints());
                 if !had && nsp.has_endpoints() {
                     for vip in nsp.service_ips() {
-                        filters.push(FlowFilter {
-                            orig_dst: *vip,
-                            dport: nsp.port,
-                            reply_src: None,
-                        });
+                        filters.push(FlowFilter::to_ip(*vip, nsp.port, None));
+                    }
+                    if let Some(np) = nsp.node_port {
+                        filters.push(FlowFilter::to_node_port(ipv6, np, None));
                     }
                 }
             }

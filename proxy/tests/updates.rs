@@ -1,6 +1,7 @@
 //! Changes take effect: endpoints added/removed, port changed, service
 //! deleted; established connections to endpoints that stay are untouched;
-//! UDP flows to removed endpoints are cleared from conntrack.
+//! UDP flows to removed endpoints (via ClusterIP and NodePort) are cleared
+//! from conntrack.
 
 mod common;
 
@@ -108,33 +109,38 @@ fn udp_flows_to_removed_endpoints_are_cleared() {
     c.put(service(
         "dns",
         "10.96.0.53",
-        json!([{"name": "p", "port": 53, "protocol": "UDP", "targetPort": 5353}]),
+        json!([{"name": "p", "port": 53, "protocol": "UDP", "targetPort": 5353, "nodePort": 30053}]),
     ));
     c.put(slice("dns", 5353, "UDP", &[("10.244.0.2", "node-a")]));
     c.start_proxy(&[]);
     c.wait_map("service-ips", "10.96.0.53 . udp . 53", true);
-    // The same source port every time: one conntrack flow.
-    assert_eq!(
-        udp_ask(c.pod("client"), "10.96.0.53:53", 40000).unwrap(),
-        "dns-a"
-    );
-    assert_eq!(
-        udp_ask(c.pod("client"), "10.96.0.53:53", 40000).unwrap(),
-        "dns-a"
-    );
+    // The same source port every time: one conntrack flow each, to the
+    // ClusterIP from a pod and to the NodePort from the other node.
+    let node_port = format!("{NODE_IP}:30053");
+    let flows = [
+        (c.pod("client"), "10.96.0.53:53", 40000),
+        (&c.node2, node_port.as_str(), 40001),
+    ];
+    for (ns, addr, port) in flows {
+        for _ in 0..2 {
+            assert_eq!(udp_ask(ns, addr, port).unwrap(), "dns-a", "{addr}");
+        }
+    }
 
     c.put(slice("dns", 5353, "UDP", &[("10.244.0.3", "node-b")]));
     c.wait_map("service-endpoints", "10.244.0.2", false);
-    // Without the conntrack cleanup this flow would stay NATed to dns-a forever.
-    let mut last = udp_ask(c.pod("client"), "10.96.0.53:53", 40000);
-    for _ in 0..20 {
-        if last.as_deref().ok() == Some("dns-b") {
-            break;
+    // Without the conntrack cleanup these flows would stay NATed to dns-a forever.
+    for (ns, addr, port) in flows {
+        let mut last = udp_ask(ns, addr, port);
+        for _ in 0..20 {
+            if last.as_deref().ok() == Some("dns-b") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            last = udp_ask(ns, addr, port);
         }
-        std::thread::sleep(Duration::from_millis(50));
-        last = udp_ask(c.pod("client"), "10.96.0.53:53", 40000);
+        assert_eq!(last.unwrap(), "dns-b", "{addr}");
     }
-    assert_eq!(last.unwrap(), "dns-b");
     let log = c.proxy_log();
-    assert!(log.contains("1 conntrack entries deleted"), "{log}");
+    assert!(log.contains("2 conntrack entries deleted"), "{log}");
 }
