@@ -369,8 +369,12 @@ fn proxy_rss(n: usize, dir: &std::path::Path) -> (u64, u64, Duration) {
     let fill = t.elapsed();
     let ns = Netns::new("pxbr").unwrap();
     let log = dir.join("proxy.log");
+    // A command prefix that keeps the PID (it must exec the proxy), e.g.
+    // `env LD_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so DUMP_HEAPTRACK_OUTPUT=/tmp/raw`
+    // (then `heaptrack_interpret </tmp/raw | gzip >x.gz; heaptrack_print x.gz`).
+    let wrap = std::env::var("PODNET_BENCH_PROXY_WRAP").unwrap_or_default();
     let script = format!(
-        "exec {} --store {url} --node-name node-a --cluster-cidr 10.244.0.0/16 2>{}",
+        "exec {wrap} {} --store {url} --node-name node-a --cluster-cidr 10.244.0.0/16 2>{}",
         env!("CARGO_BIN_EXE_podnet-proxy"),
         log.display()
     );
@@ -391,6 +395,14 @@ fn proxy_rss(n: usize, dir: &std::path::Path) -> (u64, u64, Duration) {
     std::thread::sleep(Duration::from_millis(500));
     let pid = child.id();
     let (rss, hwm) = (vm_rss_kb(pid, "VmRSS:"), vm_rss_kb(pid, "VmHWM:"));
+    // SIGTERM first: the proxy exits cleanly (and a profiler gets to finish).
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    netns_fixtures::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        matches!(child.child_mut().try_wait(), Ok(Some(_)))
+    });
     child.kill();
     (rss, hwm, fill)
 }

@@ -5,11 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 use podnet_nft::{Batch, Nft};
-use podnet_state::compact::EndpointSlice;
+use podnet_state::compact::{self, EndpointSlice, Service};
 use podnet_state::{Change, Kind, NamespacedName, Snapshot};
 
 use crate::apply::{self, ApplyError};
@@ -139,7 +140,18 @@ fn family_of(n: &IpNetwork) -> Family {
     Family::of(&n.ip())
 }
 
-/// Installed state of one service (both families).
+/// What one service was last programmed from: the objects themselves,
+/// shared with the snapshot. When the service changes, its old rules are
+/// computed again from these instead of being kept for every service.
+#[derive(Debug, Clone, Default)]
+struct Inputs {
+    /// `None` while only EndpointSlices name the service.
+    service: Option<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
+}
+
+/// The model and fragments of one service (both families), computed during
+/// a sync and dropped after it.
 struct ServiceState {
     model: Model,
     frags: BTreeMap<Family, Vec<Fragment>>,
@@ -155,13 +167,39 @@ struct Shared {
 /// What is installed, kept so that a change touches only what it affects.
 struct Installed {
     configs: BTreeMap<Family, PlanConfig>,
-    services: BTreeMap<NamespacedName, ServiceState>,
+    model_config: ModelConfig,
+    /// Every service with a Service object or an EndpointSlice naming it.
+    services: HashMap<NamespacedName, Inputs>,
+    /// EndpointSlice -> the slice as last programmed (its label names the
+    /// service it counted for).
+    slices: HashMap<NamespacedName, Arc<EndpointSlice>>,
     shared: BTreeMap<Family, Shared>,
-    /// EndpointSlice -> the service it belongs to (its label when last seen).
-    slice_owner: HashMap<NamespacedName, NamespacedName>,
-    service_slices: HashMap<NamespacedName, BTreeSet<NamespacedName>>,
     health_checks: BTreeMap<u16, HealthCheck>,
     totals: Totals,
+}
+
+impl Installed {
+    fn index_slice(&mut self, key: &NamespacedName, slice: &Arc<EndpointSlice>) {
+        self.services
+            .entry(slice_service(slice, key))
+            .or_default()
+            .slices
+            .push(slice.clone());
+        self.slices.insert(key.clone(), slice.clone());
+    }
+
+    fn unindex_slice(&mut self, key: &NamespacedName) {
+        let Some(old) = self.slices.remove(key) else {
+            return;
+        };
+        let owner = slice_service(&old, key);
+        if let Some(inputs) = self.services.get_mut(&owner) {
+            inputs.slices.retain(|s| !Arc::ptr_eq(s, &old));
+            if inputs.service.is_none() && inputs.slices.is_empty() {
+                self.services.remove(&owner);
+            }
+        }
+    }
 }
 
 #[derive(Default, Clone, Copy)]
@@ -172,6 +210,21 @@ struct Totals {
     endpoints: usize,
     elements: usize,
     skipped: usize,
+}
+
+impl Totals {
+    fn add(&mut self, o: &Totals) {
+        self.own_chains += o.own_chains;
+        self.service_ports += o.service_ports;
+        self.endpoints += o.endpoints;
+        self.skipped += o.skipped;
+    }
+    fn sub(&mut self, o: &Totals) {
+        self.own_chains -= o.own_chains;
+        self.service_ports -= o.service_ports;
+        self.endpoints -= o.endpoints;
+        self.skipped -= o.skipped;
+    }
 }
 
 pub struct Proxier {
@@ -209,27 +262,19 @@ fn plan_configs(cfg: &ProxyConfig, snap: &Snapshot) -> (ModelConfig, BTreeMap<Fa
     (mc, pcs)
 }
 
-/// The slices of one service, by the index.
-fn slices_of<'s>(
-    snap: &'s Snapshot,
-    names: Option<&BTreeSet<NamespacedName>>,
-) -> Vec<&'s EndpointSlice> {
-    names
-        .into_iter()
-        .flatten()
-        .filter_map(|k| snap.endpoint_slices.get(k).map(|s| s.as_ref()))
-        .collect()
+fn model_of(name: &NamespacedName, inputs: &Inputs, mc: &ModelConfig) -> Option<Model> {
+    let svc = inputs.service.as_deref()?;
+    let slices: Vec<&EndpointSlice> = inputs.slices.iter().map(|s| s.as_ref()).collect();
+    Some(Model::for_service(name, svc, &slices, mc))
 }
 
 fn service_state(
     name: &NamespacedName,
-    snap: &Snapshot,
-    slices: &[&EndpointSlice],
+    inputs: &Inputs,
     mc: &ModelConfig,
     pcs: &BTreeMap<Family, PlanConfig>,
 ) -> Option<ServiceState> {
-    let svc = snap.services.get(name)?;
-    let model = Model::for_service(name, svc, slices, mc);
+    let model = model_of(name, inputs, mc)?;
     let frags = pcs
         .iter()
         .map(|(fam, pc)| {
@@ -244,6 +289,13 @@ fn service_state(
         })
         .collect();
     Some(ServiceState { model, frags })
+}
+
+fn has_udp(svc: &Service) -> bool {
+    svc.spec
+        .ports
+        .iter()
+        .any(|p| p.protocol == compact::Protocol::Udp)
 }
 
 fn totals_of(st: &ServiceState) -> Totals {
@@ -306,6 +358,34 @@ fn shift_shared(
     (pg, pc, hg, hc)
 }
 
+/// Moves a fragment into `all` (one family's fragments of a full sync) and
+/// counts its shared objects.
+fn absorb(all: &mut Fragment, shared: &mut Shared, f: Fragment) {
+    for p in &f.picks {
+        *shared.picks.entry(*p).or_default() += 1;
+    }
+    for h in &f.hairpins {
+        *shared.hairpins.entry(*h).or_default() += 1;
+    }
+    for (set, mut elems) in f.elements {
+        all.elements.entry(set).or_default().append(&mut elems);
+    }
+    all.chains.extend(f.chains);
+    all.sets.extend(f.sets);
+}
+
+/// Gives memory freed after a full sync back to the system: glibc keeps
+/// freed chunks in its arenas, and the transient model, plans and batch of a
+/// large full sync (and the informer's first list before it) would otherwise
+/// stay in the RSS for good.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl Proxier {
     /// Opens the netlink socket in the current network namespace.
     pub fn new(cfg: ProxyConfig, metrics: std::sync::Arc<Metrics>) -> Result<Proxier, SyncError> {
@@ -348,9 +428,13 @@ impl Proxier {
         self.metrics
             .sync_duration
             .observe(start.elapsed().as_secs_f64());
-        if res.is_err() {
-            self.metrics.sync_failures.inc();
-            self.installed = None;
+        match &res {
+            Ok(r) if r.full => release_freed_memory(),
+            Ok(_) => {}
+            Err(_) => {
+                self.metrics.sync_failures.inc();
+                self.installed = None;
+            }
         }
         res
     }
@@ -363,7 +447,9 @@ impl Proxier {
     ) -> Result<SyncReport, SyncError> {
         let (mc, pcs) = plan_configs(&self.cfg, snap);
         let partial = match (&mut self.installed, changes) {
-            (Some(inst), Some(ch)) if inst.configs == pcs => Some((inst, ch)),
+            (Some(inst), Some(ch)) if inst.configs == pcs && inst.model_config == mc => {
+                Some((inst, ch))
+            }
             _ => None,
         };
         let mut batch = Batch::new();
@@ -372,8 +458,10 @@ impl Proxier {
         let mut conntrack_pairs: Vec<(Model, Model)> = Vec::new();
         let installed = match partial {
             Some((inst, ch)) => {
-                // Which services are affected; keep the slice index current.
+                // Which services are affected: a changed Service, and the
+                // services a changed slice counted for before and does now.
                 let mut affected: BTreeSet<NamespacedName> = BTreeSet::new();
+                let mut changed_slices: Vec<NamespacedName> = Vec::new();
                 for c in ch {
                     let Some(ns) = c.key.namespace.as_deref() else {
                         continue;
@@ -384,34 +472,57 @@ impl Proxier {
                             affected.insert(key);
                         }
                         Kind::EndpointSlice => {
-                            if let Some(old) = inst.slice_owner.remove(&key) {
-                                if let Some(set) = inst.service_slices.get_mut(&old) {
-                                    set.remove(&key);
-                                }
-                                affected.insert(old);
+                            if let Some(old) = inst.slices.get(&key) {
+                                affected.insert(slice_service(old, &key));
                             }
-                            if let Some(owner) = snap
-                                .endpoint_slices
-                                .get(&key)
-                                .map(|s| slice_service(s, &key))
-                            {
-                                inst.service_slices
-                                    .entry(owner.clone())
-                                    .or_default()
-                                    .insert(key.clone());
-                                inst.slice_owner.insert(key, owner.clone());
-                                affected.insert(owner);
+                            if let Some(new) = snap.endpoint_slices.get(&key) {
+                                affected.insert(slice_service(new, &key));
                             }
+                            changed_slices.push(key);
                         }
                         _ => {}
                     }
                 }
+                // What the affected services were programmed from, taken
+                // before the index moves on to the snapshot's slices.
+                let before: Vec<(NamespacedName, Inputs)> = affected
+                    .into_iter()
+                    .map(|n| {
+                        let i = inst.services.get(&n).cloned().unwrap_or_default();
+                        (n, i)
+                    })
+                    .collect();
+                for key in &changed_slices {
+                    inst.unindex_slice(key);
+                    if let Some(new) = snap.endpoint_slices.get(key) {
+                        inst.index_slice(key, new);
+                    }
+                }
                 let mut changed: Vec<(NamespacedName, Option<ServiceState>, Option<ServiceState>)> =
                     Vec::new();
-                for name in affected {
-                    let old = inst.services.remove(&name);
-                    let slices = slices_of(snap, inst.service_slices.get(&name));
-                    let new = service_state(&name, snap, &slices, &mc, &pcs);
+                for (name, old_inputs) in before {
+                    let old = service_state(&name, &old_inputs, &inst.model_config, &pcs);
+                    let svc = snap.services.get(&name).cloned();
+                    let new = match inst.services.get_mut(&name) {
+                        Some(inputs) => {
+                            inputs.service = svc;
+                            let st = service_state(&name, inputs, &mc, &pcs);
+                            if inputs.service.is_none() && inputs.slices.is_empty() {
+                                inst.services.remove(&name);
+                            }
+                            st
+                        }
+                        None if svc.is_some() => {
+                            let inputs = Inputs {
+                                service: svc,
+                                slices: Vec::new(),
+                            };
+                            let st = service_state(&name, &inputs, &mc, &pcs);
+                            inst.services.insert(name.clone(), inputs);
+                            st
+                        }
+                        None => None,
+                    };
                     changed.push((name, old, new));
                 }
                 for (fam, pc) in &pcs {
@@ -453,23 +564,15 @@ impl Proxier {
                 let mut t = inst.totals;
                 t.elements =
                     (t.elements + report.elements_added).saturating_sub(report.elements_deleted);
-                for (name, old, new) in changed {
+                for (_, old, new) in changed {
                     if let Some(o) = &old {
-                        let ot = totals_of(o);
-                        t.own_chains -= ot.own_chains;
-                        t.service_ports -= ot.service_ports;
-                        t.endpoints -= ot.endpoints;
-                        t.skipped -= ot.skipped;
+                        t.sub(&totals_of(o));
                         for port in o.model.health_checks.keys() {
                             inst.health_checks.remove(port);
                         }
                     }
                     if let Some(n) = &new {
-                        let nt = totals_of(n);
-                        t.own_chains += nt.own_chains;
-                        t.service_ports += nt.service_ports;
-                        t.endpoints += nt.endpoints;
-                        t.skipped += nt.skipped;
+                        t.add(&totals_of(n));
                         inst.health_checks.extend(n.model.health_checks.clone());
                         let before: BTreeSet<String> = old
                             .iter()
@@ -484,56 +587,63 @@ impl Proxier {
                             tracing::warn!("skipping invalid object: {sk}");
                         }
                     }
-                    let new_model = new.as_ref().map(|n| n.model.clone()).unwrap_or_default();
                     if let Some(o) = old {
-                        conntrack_pairs.push((o.model, new_model));
-                    }
-                    if let Some(n) = new {
-                        inst.services.insert(name, n);
+                        conntrack_pairs.push((o.model, new.map(|n| n.model).unwrap_or_default()));
                     }
                 }
                 inst.totals = t;
                 None
             }
             None => {
-                // Full: rebuild everything from the snapshot.
+                // Full: rebuild everything from the snapshot. Each service's
+                // model and fragments live only until their elements and
+                // chains are moved into one fragment per family.
                 let mut inst = Installed {
                     configs: pcs.clone(),
-                    services: BTreeMap::new(),
+                    model_config: mc.clone(),
+                    services: HashMap::with_capacity(snap.services.len()),
+                    slices: HashMap::with_capacity(snap.endpoint_slices.len()),
                     shared: BTreeMap::new(),
-                    slice_owner: HashMap::new(),
-                    service_slices: HashMap::new(),
                     health_checks: BTreeMap::new(),
                     totals: Totals::default(),
                 };
-                // The persistent slice index is built after the transaction
-                // (it only serves later partial syncs).
-                let by_service = crate::model::slices_by_service(snap);
-                for name in snap.services.keys() {
-                    let slices = by_service.get(name).map(Vec::as_slice).unwrap_or(&[]);
-                    if let Some(st) = service_state(name, snap, slices, &mc, &pcs) {
-                        for sk in &st.model.skipped {
-                            tracing::warn!("skipping invalid object: {sk}");
+                for (key, slice) in &snap.endpoint_slices {
+                    inst.index_slice(key, slice);
+                }
+                let mut all: BTreeMap<Family, Fragment> = BTreeMap::new();
+                // New models of UDP services, for conntrack cleanup against
+                // what an earlier installation had.
+                let mut udp_models: HashMap<NamespacedName, Model> = HashMap::new();
+                for (name, svc) in &snap.services {
+                    let inputs = inst.services.entry(name.clone()).or_default();
+                    inputs.service = Some(svc.clone());
+                    let Some(st) = service_state(name, inputs, &mc, &pcs) else {
+                        continue;
+                    };
+                    for sk in &st.model.skipped {
+                        tracing::warn!("skipping invalid object: {sk}");
+                    }
+                    inst.totals.add(&totals_of(&st));
+                    inst.health_checks.extend(st.model.health_checks.clone());
+                    for (fam, frags) in st.frags {
+                        let acc = all.entry(fam).or_default();
+                        let shared = inst.shared.entry(fam).or_default();
+                        for f in frags {
+                            absorb(acc, shared, f);
                         }
-                        let t = totals_of(&st);
-                        inst.totals.own_chains += t.own_chains;
-                        inst.totals.service_ports += t.service_ports;
-                        inst.totals.endpoints += t.endpoints;
-                        inst.totals.skipped += t.skipped;
-                        inst.health_checks.extend(st.model.health_checks.clone());
-                        inst.services.insert(name.clone(), st);
+                    }
+                    if self.installed.is_some() && has_udp(svc) {
+                        udp_models.insert(name.clone(), st.model);
                     }
                 }
                 for (fam, pc) in &pcs {
-                    let frags: Vec<&Fragment> =
-                        inst.services.values().flat_map(|s| &s.frags[fam]).collect();
                     let shared = inst.shared.entry(*fam).or_default();
-                    shift_shared(shared, &[], &frags);
                     let mut base = plan::skeleton(pc);
                     let picks: BTreeSet<Pick> = shared.picks.keys().copied().collect();
                     let hairpins: BTreeSet<IpAddr> = shared.hairpins.keys().copied().collect();
                     plan::merge(pc, &mut base, [], Some(&picks), Some(&hairpins));
-                    let (d, elements) = diff::full_from_fragments(&base, &frags);
+                    let frag = all.remove(fam).unwrap_or_default();
+                    let (d, elements) = diff::full_from_fragments(&base, &[&frag]);
                     let (add, _, chains) = d.counts();
                     report.elements_added += add;
                     report.chains_changed += chains;
@@ -543,13 +653,14 @@ impl Proxier {
                     encode_time += t.elapsed();
                 }
                 if let Some(old) = self.installed.take() {
-                    for (name, o) in old.services {
-                        let n = inst
-                            .services
-                            .get(&name)
-                            .map(|n| n.model.clone())
-                            .unwrap_or_default();
-                        conntrack_pairs.push((o.model, n));
+                    for (name, o) in &old.services {
+                        if !o.service.as_deref().is_some_and(has_udp) {
+                            continue;
+                        }
+                        if let Some(om) = model_of(name, o, &old.model_config) {
+                            let nm = udp_models.remove(name).unwrap_or_default();
+                            conntrack_pairs.push((om, nm));
+                        }
                     }
                 }
                 report.full = true;
@@ -568,15 +679,7 @@ impl Proxier {
         // bookkeeping below only serves later syncs.
         report.duration = start.elapsed();
         drop(batch);
-        if let Some(mut inst) = installed {
-            for (key, slice) in &snap.endpoint_slices {
-                let owner = slice_service(slice, key);
-                inst.service_slices
-                    .entry(owner.clone())
-                    .or_default()
-                    .insert(key.clone());
-                inst.slice_owner.insert(key.clone(), owner);
-            }
+        if let Some(inst) = installed {
             self.installed = Some(inst);
         }
         let inst = self
