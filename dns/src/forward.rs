@@ -16,7 +16,7 @@ use tokio::net::{TcpStream, UdpSocket};
 
 use crate::cache::{Cache, CacheKey};
 use crate::metrics::Shard;
-use crate::wire::{self, Query, Rcode};
+use crate::wire::{self, LowerName, Query, Rcode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -265,6 +265,20 @@ impl Forwarder {
                 }
                 (p, rcode)
             }
+        }
+    }
+
+    /// The response for `name` (lowercase wire) and `qtype`, class IN, as
+    /// a client's query for it would get (cache, then upstreams): how the
+    /// target of an ExternalName chain leaving the zone is resolved.
+    pub async fn lookup(&self, name: &LowerName, qtype: u16, shard: &Shard) -> Vec<u8> {
+        let mut question = name.wire().to_vec();
+        question.extend_from_slice(&qtype.to_be_bytes());
+        question.extend_from_slice(&wire::CLASS_IN.to_be_bytes());
+        let packet = wire::upstream_query(random_id(), &question);
+        match wire::parse_query(&packet) {
+            Ok(q) => self.resolve(&q, usize::from(u16::MAX), shard).await.0,
+            Err(_) => Vec::new(),
         }
     }
 

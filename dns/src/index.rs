@@ -155,7 +155,29 @@ pub enum Lookup<'a> {
     Refused,
     /// Not a name this index is authoritative for: forward it.
     Outside,
+    /// An ExternalName chain (A/AAAA/TXT) that leaves the zone: `answer` (its
+    /// CNAMEs) is completed by the records of `target` (lowercase wire) for
+    /// the question's type, looked up through forwarding; it stands alone
+    /// when that lookup fails or cannot be made (CoreDNS's backend lookup).
+    Chase {
+        answer: Vec<Cow<'a, RrList>>,
+        target: &'a [u8],
+    },
 }
+
+/// What a name inside the zone resolves to before ExternalName chains are
+/// followed.
+enum Found<'a> {
+    Done(Lookup<'a>),
+    /// An ExternalName service: its CNAME (owner = question) and target.
+    Alias {
+        cname: &'a RrList,
+        target: &'a [u8],
+    },
+}
+
+/// Most CNAMEs in one answer (CoreDNS stops adding at 8 previous records).
+pub const MAX_CNAME_CHAIN: usize = 8;
 
 impl<'a> Lookup<'a> {
     fn records(answer: &'a RrList) -> Lookup<'a> {
@@ -232,7 +254,10 @@ impl Index {
             if !self.synced {
                 return Lookup::NotSynced;
             }
-            return self.lookup_zone(&labels[..n - zone_labels], qtype, 0);
+            return match self.lookup_zone(&labels[..n - zone_labels], qtype) {
+                Found::Done(l) => l,
+                Found::Alias { cname, target } => self.follow(qname.wire(), cname, target, qtype),
+            };
         }
         if let Some(ip) = wire::parse_reverse(labels) {
             if let Some(ptr) = self.ptr.get(&ip) {
@@ -246,9 +271,9 @@ impl Index {
     }
 
     /// `rel` = the labels left of the zone, left to right.
-    fn lookup_zone(&self, rel: &[&[u8]], qtype: u16, depth: u8) -> Lookup<'_> {
+    fn lookup_zone(&self, rel: &[&[u8]], qtype: u16) -> Found<'_> {
         let Some((&top, rest)) = rel.split_last() else {
-            return match qtype {
+            return Found::Done(match qtype {
                 TYPE_SOA => Lookup::records(&self.soa),
                 TYPE_NS => Lookup::Answer {
                     answer: vec![Cow::Borrowed(&self.apex_ns)],
@@ -256,9 +281,9 @@ impl Index {
                 },
                 TYPE_ANY => Lookup::two(&self.soa, &self.apex_ns),
                 _ => Lookup::NoData,
-            };
+            });
         };
-        match top {
+        let done = match top {
             b"dns-version" if rest.is_empty() => match qtype {
                 TYPE_TXT | TYPE_ANY => Lookup::records(&self.version_txt),
                 _ => Lookup::NoData,
@@ -268,26 +293,30 @@ impl Index {
                 [b"ns"] => addresses(qtype, &self.ns_host.a, &self.ns_host.aaaa),
                 _ => Lookup::NxDomain,
             },
-            b"svc" => self.lookup_svc(rest, qtype, depth),
+            b"svc" => return self.lookup_svc(rest, qtype),
             b"pod" => self.lookup_pod(rest, qtype),
             _ => Lookup::NxDomain,
-        }
+        };
+        Found::Done(done)
     }
 
-    fn lookup_svc(&self, rest: &[&[u8]], qtype: u16, depth: u8) -> Lookup<'_> {
+    fn lookup_svc(&self, rest: &[&[u8]], qtype: u16) -> Found<'_> {
         let Some((&ns, rest)) = rest.split_last() else {
-            return Lookup::NoData;
+            return Found::Done(Lookup::NoData);
         };
         let Some(nse) = self.namespaces.get(ns) else {
-            return Lookup::NxDomain;
+            return Found::Done(Lookup::NxDomain);
         };
         let Some((&svc, rest)) = rest.split_last() else {
-            return Lookup::NoData;
+            return Found::Done(Lookup::NoData);
         };
         let Some(se) = nse.services.get(svc) else {
-            return Lookup::NxDomain;
+            return Found::Done(Lookup::NxDomain);
         };
-        match rest {
+        if let ([], ServiceKind::External { cname, target }) = (rest, &se.kind) {
+            return Found::Alias { cname, target };
+        }
+        Found::Done(match rest {
             [] => match &se.kind {
                 ServiceKind::Cluster { a, aaaa } => addresses(qtype, a, aaaa),
                 ServiceKind::Headless { a, aaaa } => {
@@ -297,7 +326,7 @@ impl Index {
                         addresses(qtype, a, aaaa)
                     }
                 }
-                ServiceKind::External { cname, target } => self.cname(cname, target, qtype, depth),
+                ServiceKind::External { .. } => unreachable!("returned as Found::Alias above"),
             },
             [ep] if !ep.starts_with(b"_") => match se.endpoints.get(*ep) {
                 Some(e) => addresses(qtype, &e.a, &e.aaaa),
@@ -322,41 +351,78 @@ impl Index {
                 None => Lookup::NxDomain,
             },
             _ => Lookup::NxDomain,
+        })
+    }
+
+    /// Follows an ExternalName chain from `qname` the way CoreDNS's backend
+    /// lookup (`plugin.A`/`AAAA`/`TXT`) does: a CNAME query gets the first
+    /// CNAME alone; otherwise each hop adds its CNAME, a target inside the
+    /// zone is looked up in the index and the chain is kept only when it
+    /// ends in records (else NODATA), a target outside ends the chain
+    /// (`Chase` for A/AAAA/TXT). A CNAME to its own name or below it, a
+    /// target seen before (a loop) or a hop past `MAX_CNAME_CHAIN` ends the
+    /// chain without records, so NODATA.
+    fn follow<'s>(
+        &'s self,
+        qname: &[u8],
+        mut cname: &'s RrList,
+        mut target: &'s [u8],
+        qtype: u16,
+    ) -> Lookup<'s> {
+        if qtype == TYPE_CNAME {
+            return Lookup::records(cname);
+        }
+        let mut answer: Vec<Cow<'s, RrList>> = Vec::new();
+        let mut seen: Vec<&'s [u8]> = Vec::new();
+        loop {
+            let owner = seen.last().copied().unwrap_or(qname);
+            if in_or_under(target, owner) || seen.len() >= MAX_CNAME_CHAIN || seen.contains(&target)
+            {
+                return Lookup::NoData;
+            }
+            answer.push(match seen.last() {
+                None => Cow::Borrowed(cname),
+                Some(owner) => Cow::Owned(cname.reowned(owner)),
+            });
+            seen.push(target);
+            let Some(rel) = self.zone_relative(target) else {
+                return match qtype {
+                    TYPE_A | TYPE_AAAA | TYPE_TXT => Lookup::Chase { answer, target },
+                    _ => Lookup::Answer {
+                        answer,
+                        additional: Vec::new(),
+                    },
+                };
+            };
+            let labels: Vec<&[u8]> = rel.labels().collect();
+            let zone_labels = count_labels(&self.config.zone);
+            match self.lookup_zone(&labels[..labels.len() - zone_labels], qtype) {
+                Found::Done(Lookup::Answer { answer: more, .. }) => {
+                    answer.extend(more.iter().map(|l| Cow::Owned(l.reowned(target))));
+                    return Lookup::Answer {
+                        answer,
+                        additional: Vec::new(),
+                    };
+                }
+                Found::Done(_) => return Lookup::NoData,
+                Found::Alias {
+                    cname: next,
+                    target: next_target,
+                } => {
+                    cname = next;
+                    target = next_target;
+                }
+            }
         }
     }
 
-    /// The CNAME of an ExternalName service, followed inside the zone (a
-    /// target outside is left to the client, as the record says).
-    fn cname<'s>(&'s self, cname: &'s RrList, target: &[u8], qtype: u16, depth: u8) -> Lookup<'s> {
-        let mut answer = vec![Cow::Borrowed(cname)];
-        if qtype == TYPE_CNAME || depth >= 8 {
-            return Lookup::Answer {
-                answer,
-                additional: Vec::new(),
-            };
+    /// `name` (lowercase wire) parsed, when it is inside the zone.
+    fn zone_relative(&self, name: &[u8]) -> Option<wire::LowerName> {
+        let zone = &self.config.zone;
+        if !in_or_under(name, zone) {
+            return None;
         }
-        let Some(tname) = wire::LowerName::from_wire(target) else {
-            return Lookup::Answer {
-                answer,
-                additional: Vec::new(),
-            };
-        };
-        let zone_labels = count_labels(&self.config.zone);
-        let labels: Vec<&[u8]> = tname.labels().collect();
-        if labels.len() >= zone_labels
-            && target.ends_with(&self.config.zone)
-            && suffix_is_aligned(target, self.config.zone.len())
-        {
-            if let Lookup::Answer { answer: more, .. } =
-                self.lookup_zone(&labels[..labels.len() - zone_labels], qtype, depth + 1)
-            {
-                answer.extend(more.iter().map(|l| Cow::Owned(l.reowned(target))));
-            }
-        }
-        Lookup::Answer {
-            answer,
-            additional: Vec::new(),
-        }
+        wire::LowerName::from_wire(name)
     }
 
     fn lookup_pod(&self, rest: &[&[u8]], qtype: u16) -> Lookup<'_> {
@@ -417,6 +483,11 @@ fn count_labels(wire: &[u8]) -> usize {
         pos += 1 + len as usize;
     }
     n
+}
+
+/// True when `name` is `parent` or a name under it (both lowercase wire).
+fn in_or_under(name: &[u8], parent: &[u8]) -> bool {
+    name.ends_with(parent) && suffix_is_aligned(name, parent.len())
 }
 
 /// True when the last `suffix_len` bytes of `wire` start at a label boundary.

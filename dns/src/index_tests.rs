@@ -6,7 +6,7 @@ use std::sync::Arc;
 use hickory_proto::op::{Message, ResponseCode};
 use podnet_state::{Change, ChangeSet, ChangeType, Kind, NamespacedName, ObjectKey, Snapshot};
 
-use crate::answer::{handle_packet, Outcome};
+use crate::answer::{answer_with_target, handle_packet, Outcome};
 use crate::build::IndexBuilder;
 use crate::fixtures::{self, Ep};
 use crate::index::{Index, PodMode, ZoneConfig};
@@ -195,7 +195,7 @@ fn ask_idx(
     let pkt = query(name, qtype, edns);
     let mut out = Vec::new();
     match handle_packet(idx, &pkt, || recursion, true, &mut out) {
-        Outcome::Reply(_) => {
+        Outcome::Reply(_) | Outcome::Chase(_) => {
             let msg = Message::from_vec(&out).expect("response decodes");
             assert_eq!(msg.metadata.id, 0xABCD);
             Some(Reply {
@@ -447,6 +447,213 @@ fn external_name_is_a_cname_followed_inside_the_zone() {
         &ask(&idx, "x.ext.default.svc.cluster.local", A),
         ResponseCode::NXDomain,
     );
+}
+
+/// `snapshot()` plus ExternalName services `name -> target`.
+fn with_aliases(aliases: &[(&str, &str)]) -> Snapshot {
+    let mut s = snapshot();
+    for (name, target) in aliases {
+        s.services.insert(
+            nn("default", name),
+            Arc::new(fixtures::external("default", name, target)),
+        );
+    }
+    s
+}
+
+fn svc_name(name: &str) -> String {
+    format!("{name}.default.svc.cluster.local")
+}
+
+#[test]
+fn external_name_chains_follow_coredns() {
+    // c0 -> c1 -> ... -> c7 -> kubernetes: 8 CNAMEs and the address.
+    let mut aliases: Vec<(String, String)> = (0..8)
+        .map(|i| (format!("c{i}"), svc_name(&format!("c{}", i + 1))))
+        .collect();
+    aliases[7].1 = svc_name("kubernetes");
+    // d0 -> ... -> d8 -> kubernetes: one CNAME too many.
+    aliases.extend((0..9).map(|i| (format!("d{i}"), svc_name(&format!("d{}", i + 1)))));
+    aliases.push(("d9".into(), svc_name("kubernetes")));
+    // o0 -> ... -> o7 -> www.example.com: 8 CNAMEs, then outside.
+    aliases.extend((0..7).map(|i| (format!("o{i}"), svc_name(&format!("o{}", i + 1)))));
+    aliases.push(("o7".into(), "www.example.com".into()));
+    // p0 -> o0 -> ...: a ninth CNAME.
+    aliases.push(("p0".into(), svc_name("o0")));
+    let extra: Vec<(&str, &str)> = vec![
+        ("self", "self.default.svc.cluster.local"),
+        ("below", "x.below.default.svc.cluster.local"),
+        ("ping", "pong.default.svc.cluster.local"),
+        ("pong", "ping.default.svc.cluster.local"),
+        ("gone", "nothing.default.svc.cluster.local"),
+        ("toext", "ext.default.svc.cluster.local"),
+    ];
+    let mut all: Vec<(&str, &str)> = aliases
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    all.extend(extra);
+    let idx = index_with(PodMode::Insecure, &with_aliases(&all));
+
+    // (EDNS: 9 records with full names do not fit 512 bytes.)
+    let r = ask_idx(&idx, &svc_name("c0"), A, Some(1232), false).unwrap();
+    assert!(!r.msg.metadata.truncation);
+    let answers = r.answers();
+    assert_eq!(answers.len(), 9, "{answers:?}");
+    assert!(answers[0].starts_with("c0.default.svc.cluster.local. 5 CNAME c1."));
+    assert!(answers[7].starts_with("c7.default.svc.cluster.local. 5 CNAME kubernetes."));
+    assert_eq!(
+        answers[8],
+        "kubernetes.default.svc.cluster.local. 5 A 10.96.0.1"
+    );
+    // A CNAME question gets the first CNAME only.
+    assert_eq!(
+        ask(&idx, &svc_name("c0"), wire::TYPE_CNAME).answers(),
+        vec!["c0.default.svc.cluster.local. 5 CNAME c1.default.svc.cluster.local."]
+    );
+    // The chain must end in records: AAAA of a v4-only service is NODATA,
+    // as are chains too long, loops, self-references and missing targets.
+    for (name, qtype) in [
+        ("c0", AAAA),
+        ("alias", AAAA),
+        ("d0", A),
+        ("self", A),
+        ("below", A),
+        ("ping", A),
+        ("gone", A),
+        ("p0", A),
+    ] {
+        assert_negative(&ask(&idx, &svc_name(name), qtype), ResponseCode::NoError);
+    }
+    // A chain leaving the zone: 8 CNAMEs, then the target's lookup.
+    let pkt = query(&svc_name("o0"), A, Some(1232));
+    let mut out = Vec::new();
+    let Outcome::Chase(target) = handle_packet(&idx, &pkt, || false, true, &mut out) else {
+        panic!("o0 should need its target's records");
+    };
+    assert_eq!(
+        target.wire(),
+        &wire::text_to_wire("www.example.com").unwrap()[..]
+    );
+    let m = Message::from_vec(&out).unwrap();
+    assert_eq!(
+        m.answers.len(),
+        8,
+        "without the target's records: the CNAMEs"
+    );
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    // Through another ExternalName inside the zone.
+    let Outcome::Chase(target) = handle_packet(
+        &idx,
+        &query(&svc_name("toext"), AAAA, None),
+        || false,
+        true,
+        &mut out,
+    ) else {
+        panic!("toext should need its target's records");
+    };
+    assert_eq!(wire::wire_to_text(target.wire()), "www.example.com.");
+    // MX is not completed from outside (CoreDNS: only A, AAAA, TXT).
+    assert_eq!(
+        handle_packet(
+            &idx,
+            &query(&svc_name("ext"), MX, None),
+            || false,
+            true,
+            &mut out
+        ),
+        Outcome::Reply(wire::Rcode::NoError)
+    );
+}
+
+/// A response from an upstream for `name` A: a CNAME to `www.example.net`
+/// and its address, names compressed against the question.
+fn upstream_response(name: &str) -> Vec<u8> {
+    let mut v = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0];
+    v.extend(wire::text_to_wire(name).unwrap());
+    v.extend_from_slice(&[0, 1, 0, 1]);
+    // www.example.com CNAME www.example.net (the "example" label written, then a pointer).
+    v.extend_from_slice(&[0xC0, 0x0C, 0, 5, 0, 1, 0, 0, 0, 60]);
+    let rdata = [&[3u8][..], b"www", &[7], b"example", &[3], b"net", &[0]].concat();
+    v.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    let target_at = v.len();
+    v.extend_from_slice(&rdata);
+    v.extend_from_slice(&[
+        0xC0 | (target_at >> 8) as u8,
+        target_at as u8,
+        0,
+        1,
+        0,
+        1,
+        0,
+        0,
+        0,
+        30,
+        0,
+        4,
+    ]);
+    v.extend_from_slice(&[192, 0, 2, 7]);
+    v
+}
+
+#[test]
+fn chains_leaving_the_zone_are_completed_with_the_targets_records() {
+    let idx = index_with(PodMode::Insecure, &snapshot());
+    let pkt = query("Ext.default.svc.cluster.local", A, None);
+    let q = wire::parse_query(&pkt).unwrap();
+    let mut out = Vec::new();
+    let rc = answer_with_target(
+        &idx,
+        &q,
+        true,
+        512,
+        &upstream_response("www.example.com"),
+        &mut out,
+    );
+    assert_eq!(rc, wire::Rcode::NoError);
+    let m = Message::from_vec(&out).unwrap();
+    let answers: Vec<String> = m
+        .answers
+        .iter()
+        .map(|r| format!("{} {} {} {}", r.name, r.ttl, r.record_type(), r.data))
+        .collect();
+    assert_eq!(
+        answers,
+        vec![
+            "Ext.default.svc.cluster.local. 5 CNAME www.example.com.",
+            "www.example.com. 60 CNAME www.example.net.",
+            "www.example.net. 30 A 192.0.2.7",
+        ]
+    );
+    assert!(m.metadata.authoritative);
+    // A failed lookup (SERVFAIL without records) or a response to some
+    // other question leaves the CNAME alone.
+    let mut servfail = upstream_response("www.example.com");
+    servfail.truncate(12 + 17 + 4);
+    servfail[3] = 0x82;
+    servfail[7] = 0;
+    for resp in [
+        servfail,
+        upstream_response("www.example.org"),
+        vec![1, 2, 3],
+    ] {
+        answer_with_target(&idx, &q, true, 512, &resp, &mut out);
+        let m = Message::from_vec(&out).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(m.answers.len(), 1, "{:?}", m.answers);
+    }
+    // Not a chain (any more): answered from the index as usual.
+    let pkt = query("kubernetes.default.svc.cluster.local", A, None);
+    let q = wire::parse_query(&pkt).unwrap();
+    answer_with_target(
+        &idx,
+        &q,
+        true,
+        512,
+        &upstream_response("www.example.com"),
+        &mut out,
+    );
+    assert_eq!(Message::from_vec(&out).unwrap().answers.len(), 1);
 }
 
 #[test]

@@ -19,13 +19,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::answer::{answer_query, Outcome};
+use crate::answer::{answer_query, answer_with_target, Outcome};
 use crate::build::IndexBuilder;
 use crate::forward::Forwarder;
 use crate::index::Index;
-use crate::metrics::{Metrics, Proto};
+use crate::metrics::{Metrics, Proto, Shard};
 use crate::mmsg::{self, Batch};
-use crate::wire::{self, Rcode, Reject};
+use crate::wire::{self, LowerName, Query, Rcode, Reject};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -275,11 +275,14 @@ impl Server {
     }
 }
 
-/// What the UDP and TCP paths do with a packet that needs forwarding or a
-/// loop check; returns `None` when the packet is answered synchronously.
+/// What the UDP and TCP paths do with a packet after the index: send `out`
+/// (with this rcode; `None`: send nothing), forward it, or complete an
+/// ExternalName chain with the target's records (`out` holds the reply
+/// without them, for when that lookup cannot be made).
 enum Step {
     Done(Option<Rcode>),
     Forward,
+    Chase(Box<LowerName>),
 }
 
 fn answer_packet(
@@ -297,6 +300,12 @@ fn answer_packet(
             match answer_query(&idx, &q, recursion, limit, out) {
                 Outcome::Reply(rc) => (Step::Done(Some(rc)), q.qtype),
                 Outcome::Drop => (Step::Done(None), q.qtype),
+                // As CoreDNS, whether or not this client may recurse: the
+                // target is the cluster's configuration, not the client's choice.
+                Outcome::Chase(target) if shared.forwarder.is_some() => {
+                    (Step::Chase(target), q.qtype)
+                }
+                Outcome::Chase(_) => (Step::Done(Some(Rcode::NoError)), q.qtype),
                 Outcome::Forward => {
                     if shared.forwarder.as_ref().is_some_and(|f| f.detect_loop(&q)) {
                         wire::write_error(out, &q, Rcode::ServFail, true);
@@ -362,14 +371,17 @@ fn udp_worker(
                     shard.query(Proto::Udp, qtype, rc, t0.elapsed());
                 }
                 Step::Done(None) => shard.dropped(),
-                Step::Forward => spawn_forward(
+                Step::Forward | Step::Chase(_) => spawn_forward(
                     i,
                     &shared,
                     &sock,
                     &rt,
-                    packet,
-                    peer,
-                    t0,
+                    Job {
+                        packet,
+                        peer,
+                        t0,
+                        step,
+                    },
                     &mut outs[k],
                     &mut reply[k],
                 ),
@@ -385,32 +397,45 @@ fn udp_worker(
     }
 }
 
-/// Hands a query to a forwarding task, or answers SERVFAIL into `out` when
-/// too many are in flight already.
-#[allow(clippy::too_many_arguments)]
+/// A UDP query that needs upstream work (`Step::Forward` or `Step::Chase`).
+struct Job<'a> {
+    packet: &'a [u8],
+    peer: SocketAddr,
+    t0: Instant,
+    step: Step,
+}
+
+/// Hands a query to a forwarding task. When too many are in flight
+/// already, answers at once into `out`: SERVFAIL for a forward, the
+/// CNAMEs alone (already in `out`) for a chain.
 fn spawn_forward(
     i: usize,
     shared: &Arc<Shared>,
     sock: &Arc<UdpSocket>,
     rt: &tokio::runtime::Handle,
-    packet: &[u8],
-    peer: SocketAddr,
-    t0: Instant,
+    job: Job<'_>,
     out: &mut Vec<u8>,
     reply: &mut bool,
 ) {
     let Ok(permit) = shared.forwards.clone().try_acquire_owned() else {
-        if let Ok(q) = wire::parse_query(packet) {
-            wire::write_error(out, &q, Rcode::ServFail, true);
+        if let Ok(q) = wire::parse_query(job.packet) {
+            let rc = match job.step {
+                Step::Chase(_) => Rcode::NoError,
+                _ => {
+                    wire::write_error(out, &q, Rcode::ServFail, true);
+                    Rcode::ServFail
+                }
+            };
             *reply = true;
             shared
                 .metrics
                 .shard(i)
-                .query(Proto::Udp, q.qtype, Rcode::ServFail, t0.elapsed());
+                .query(Proto::Udp, q.qtype, rc, job.t0.elapsed());
         }
         return;
     };
-    let packet = packet.to_vec();
+    let packet = job.packet.to_vec();
+    let (peer, t0, step) = (job.peer, job.t0, job.step);
     let shared = shared.clone();
     let sock = sock.clone();
     rt.spawn(async move {
@@ -418,17 +443,45 @@ fn spawn_forward(
         let Ok(q) = wire::parse_query(&packet) else {
             return;
         };
-        let Some(fwd) = shared.forwarder.clone() else {
+        let shard = shared.metrics.shard(i);
+        let Some((resp, rc)) =
+            upstream_answer(&shared, shard, &q, peer.ip(), q.udp_limit(), step).await
+        else {
             return;
         };
-        let shard = shared.metrics.shard(i);
-        let (resp, rc) = fwd.resolve(&q, q.udp_limit(), shard).await;
-        shared.metrics.set_cache_entries(fwd.cache_len());
         if let Err(e) = sock.send_to(&resp, peer) {
             tracing::debug!(%peer, "UDP send: {e}");
         }
         shard.query(Proto::Udp, q.qtype, rc, t0.elapsed());
     });
+}
+
+/// The response to `q` that needs the forwarder: the upstream's answer
+/// (`Step::Forward`), or the ExternalName chain completed with the target's
+/// records from the forwarder and its cache (`Step::Chase`).
+async fn upstream_answer(
+    shared: &Shared,
+    shard: &Shard,
+    q: &Query<'_>,
+    peer: IpAddr,
+    limit: usize,
+    step: Step,
+) -> Option<(Vec<u8>, Rcode)> {
+    let fwd = shared.forwarder.as_ref()?;
+    let out = match step {
+        Step::Forward => fwd.resolve(q, limit, shard).await,
+        Step::Chase(target) => {
+            let target_resp = fwd.lookup(&target, q.qtype, shard).await;
+            let mut out = Vec::new();
+            let idx = shared.index();
+            let recursion = shared.recursion_for(peer);
+            let rc = answer_with_target(&idx, q, recursion, limit, &target_resp, &mut out);
+            (out, rc)
+        }
+        Step::Done(_) => return None,
+    };
+    shared.metrics.set_cache_entries(fwd.cache_len());
+    Some(out)
 }
 
 async fn tcp_accept(
@@ -504,14 +557,16 @@ async fn tcp_connection(
                 shared.metrics.shard(shard).dropped();
                 continue;
             }
-            Step::Forward => {
+            step @ (Step::Forward | Step::Chase(_)) => {
                 let Ok(q) = wire::parse_query(&packet) else {
                     continue;
                 };
-                let Some(fwd) = shared.forwarder.as_ref() else {
+                let metrics = shared.metrics.shard(shard);
+                let Some((resp, rc)) =
+                    upstream_answer(shared, metrics, &q, peer.ip(), 65535, step).await
+                else {
                     continue;
                 };
-                let (resp, rc) = fwd.resolve(&q, 65535, shared.metrics.shard(shard)).await;
                 out = resp;
                 rc
             }

@@ -14,6 +14,7 @@ pub const TYPE_NS: u16 = 2;
 pub const TYPE_CNAME: u16 = 5;
 pub const TYPE_SOA: u16 = 6;
 pub const TYPE_PTR: u16 = 12;
+pub const TYPE_MX: u16 = 15;
 pub const TYPE_TXT: u16 = 16;
 pub const TYPE_AAAA: u16 = 28;
 pub const TYPE_SRV: u16 = 33;
@@ -100,6 +101,14 @@ impl LowerName {
         (r.pos == wire.len()).then_some(n)
     }
 }
+
+impl PartialEq for LowerName {
+    fn eq(&self, other: &LowerName) -> bool {
+        self.wire() == other.wire()
+    }
+}
+
+impl Eq for LowerName {}
 
 impl std::fmt::Debug for LowerName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -849,6 +858,96 @@ pub fn append_opt(packet: &mut Vec<u8>) {
     packet[10..12].copy_from_slice(&ar.to_be_bytes());
 }
 
+/// Appends the possibly compressed name at `pos` of `msg` to `out`
+/// uncompressed (case kept); returns where the name ends in place. Pointers
+/// must point backwards (RFC 1035: to a prior occurrence), which bounds the walk.
+fn expand_name(msg: &[u8], mut pos: usize, out: &mut Vec<u8>) -> Result<usize, WireError> {
+    let start = out.len();
+    let mut end = None;
+    loop {
+        let len = *msg.get(pos).ok_or(WireError)?;
+        match len & 0xC0 {
+            0x00 => {
+                let label = msg.get(pos + 1..pos + 1 + len as usize).ok_or(WireError)?;
+                out.push(len);
+                out.extend_from_slice(label);
+                if out.len() - start > 255 {
+                    return Err(WireError);
+                }
+                pos += 1 + len as usize;
+                if len == 0 {
+                    return Ok(end.unwrap_or(pos));
+                }
+            }
+            0xC0 => {
+                let low = *msg.get(pos + 1).ok_or(WireError)?;
+                let to = ((len as usize & 0x3F) << 8) | low as usize;
+                if to >= pos {
+                    return Err(WireError);
+                }
+                end.get_or_insert(pos + 2);
+                pos = to;
+            }
+            _ => return Err(WireError),
+        }
+    }
+}
+
+/// The answer section of `msg`, a response to (`qname`, `qtype`) class IN
+/// (checked), as self-contained records: names expanded (in the owner and
+/// in the RDATA of the types that may compress them), so they can be
+/// copied into another message. Records of other classes are left out.
+pub fn answer_records(msg: &[u8], qname: &[u8], qtype: u16) -> Result<RrList, WireError> {
+    let info = inspect_response(msg)?;
+    if u16::from_be_bytes([msg[4], msg[5]]) != 1 {
+        return Err(WireError);
+    }
+    let mut name = Vec::with_capacity(64);
+    let mut pos = expand_name(msg, HEADER_LEN, &mut name)?;
+    let mut r = Reader { buf: msg, pos };
+    if !name.eq_ignore_ascii_case(qname) || r.u16()? != qtype || r.u16()? != CLASS_IN {
+        return Err(WireError);
+    }
+    pos = r.pos;
+    let mut out = RrList::new();
+    let mut rdata = Vec::with_capacity(64);
+    for _ in 0..info.ancount {
+        name.clear();
+        pos = expand_name(msg, pos, &mut name)?;
+        let mut r = Reader { buf: msg, pos };
+        let (rtype, class, ttl, rdlen) = (r.u16()?, r.u16()?, r.u32()?, r.u16()? as usize);
+        let (start, end) = (r.pos, r.pos + rdlen);
+        let raw = msg.get(start..end).ok_or(WireError)?;
+        pos = end;
+        rdata.clear();
+        // RFC 3597: only the RFC 1035 types may compress names in RDATA.
+        let after = match rtype {
+            TYPE_CNAME | TYPE_NS | TYPE_PTR => expand_name(msg, start, &mut rdata)?,
+            TYPE_MX => {
+                rdata.extend_from_slice(raw.get(..2).ok_or(WireError)?);
+                expand_name(msg, start + 2, &mut rdata)?
+            }
+            TYPE_SOA => {
+                let p = expand_name(msg, start, &mut rdata)?;
+                let p = expand_name(msg, p, &mut rdata)?;
+                rdata.extend_from_slice(msg.get(p..p + 20).ok_or(WireError)?);
+                p + 20
+            }
+            _ => {
+                rdata.extend_from_slice(raw);
+                end
+            }
+        };
+        if after != end {
+            return Err(WireError);
+        }
+        if class == CLASS_IN && rtype != TYPE_OPT {
+            out.push(&name, rtype, ttl, &rdata);
+        }
+    }
+    Ok(out)
+}
+
 /// A query for an upstream: `id`, RD, the client's question, our OPT.
 pub fn upstream_query(id: u16, question: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(HEADER_LEN + question.len() + OPT_RR_LEN);
@@ -891,6 +990,30 @@ mod tests {
             v.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
         }
         v
+    }
+
+    #[test]
+    fn answer_records_expand_names_and_refuse_bad_pointers() {
+        let mut v = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        v.extend(text_to_wire("a.example").unwrap());
+        v.extend_from_slice(&[0, 15, 0, 1]);
+        // a.example MX 10 mx.<pointer to example>
+        v.extend_from_slice(&[
+            0xC0, 0x0C, 0, 15, 0, 1, 0, 0, 0, 9, 0, 7, 0, 10, 2, b'm', b'x', 0xC0, 14,
+        ]);
+        let l = answer_records(&v, &text_to_wire("A.example").unwrap(), TYPE_MX).unwrap();
+        let rec = l.records().next().unwrap();
+        assert_eq!(&rec[..11], &text_to_wire("a.example").unwrap()[..]);
+        assert_eq!(
+            record_rdata(rec),
+            &[&[0u8, 10][..], &text_to_wire("mx.example").unwrap()].concat()[..]
+        );
+        assert!(answer_records(&v, &text_to_wire("b.example").unwrap(), TYPE_MX).is_err());
+        assert!(answer_records(&v, &text_to_wire("a.example").unwrap(), TYPE_A).is_err());
+        // A pointer to itself (a loop) or forward is refused.
+        let n = v.len();
+        v[n - 1] = (n - 2) as u8;
+        assert!(answer_records(&v, &text_to_wire("a.example").unwrap(), TYPE_MX).is_err());
     }
 
     #[test]

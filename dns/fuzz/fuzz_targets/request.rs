@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
     for udp in [true, false] {
         match handle_packet(idx, data, || true, udp, &mut out) {
-            Outcome::Reply(_) => {
+            Outcome::Reply(_) | Outcome::Chase(_) => {
                 assert!(out.len() >= wire::HEADER_LEN);
                 assert_eq!(out[0..2], data[0..2]);
                 if udp {
