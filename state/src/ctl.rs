@@ -198,6 +198,8 @@ async fn apply(
         let existing = store
             .get(&o.key)
             .await
+            .map_err(anyhow::Error::from)
+            .and_then(|e| Ok(e.map(|e| e.value()).transpose()?))
             .with_context(|| format!("reading {}", o.key))?;
         let meta = o
             .value
@@ -207,13 +209,13 @@ async fn apply(
         if !meta.contains_key("creationTimestamp") {
             let ts = existing
                 .as_ref()
-                .and_then(|e| e.value.pointer("/metadata/creationTimestamp").cloned())
+                .and_then(|e| e.pointer("/metadata/creationTimestamp").cloned())
                 .unwrap_or_else(|| Value::String(now_rfc3339()));
             meta.insert("creationTimestamp".into(), ts);
         }
         let what = o.key.kind.kind_name().to_lowercase();
         let verb = match &existing {
-            Some(e) if e.value == o.value => "unchanged",
+            Some(e) if *e == o.value => "unchanged",
             Some(_) => "configured",
             None => "created",
         };
@@ -236,7 +238,7 @@ async fn get(
     output: Option<Output>,
     out: &mut (dyn Write + Send),
 ) -> Result<()> {
-    let objs: Vec<StoredObject> = match name {
+    let stored: Vec<StoredObject> = match name {
         Some(n) => {
             let key = ObjectKey::new(kind, ns, n);
             match store.get(&key).await? {
@@ -254,20 +256,27 @@ async fn get(
             objs
         }
     };
+    let objs = stored
+        .into_iter()
+        .map(|o| {
+            let v = o.value().with_context(|| format!("reading {}", o.key))?;
+            Ok((o.key, v))
+        })
+        .collect::<Result<Vec<_>>>()?;
     match output {
         Some(Output::Name) => {
             for o in &objs {
-                writeln!(out, "{}/{}", kind.kind_name().to_lowercase(), o.key.name)?;
+                writeln!(out, "{}/{}", kind.kind_name().to_lowercase(), o.0.name)?;
             }
         }
         Some(fmt @ (Output::Yaml | Output::Json)) => {
             let v = if name.is_some() {
-                objs[0].value.clone()
+                objs[0].1.clone()
             } else {
                 serde_json::json!({
                     "apiVersion": "v1",
                     "kind": "List",
-                    "items": objs.iter().map(|o| o.value.clone()).collect::<Vec<_>>(),
+                    "items": objs.iter().map(|o| o.1.clone()).collect::<Vec<_>>(),
                 })
             };
             if fmt == Output::Yaml {
@@ -519,20 +528,25 @@ fn columns(kind: Kind, v: &Value) -> (Vec<&'static str>, Vec<String>) {
 }
 
 /// A kubectl-style table: NAME, the kind's columns, AGE (NAMESPACE first with `-A`).
-pub fn table(kind: Kind, objs: &[StoredObject], with_namespace: bool, now: Timestamp) -> String {
+pub fn table(
+    kind: Kind,
+    objs: &[(ObjectKey, Value)],
+    with_namespace: bool,
+    now: Timestamp,
+) -> String {
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut header: Vec<&str> = Vec::new();
-    for o in objs {
-        let (h, cells) = columns(kind, &o.value);
+    for (key, value) in objs {
+        let (h, cells) = columns(kind, value);
         header = h;
         let mut row = Vec::new();
         if with_namespace {
-            row.push(o.key.namespace.clone().unwrap_or_default());
+            row.push(key.namespace.clone().unwrap_or_default());
         }
-        row.push(o.key.name.clone());
+        row.push(key.name.clone());
         row.extend(cells);
         row.push(age(
-            o.value
+            value
                 .pointer("/metadata/creationTimestamp")
                 .and_then(|x| x.as_str()),
             now,
@@ -592,15 +606,14 @@ mod tests {
     #[test]
     fn service_table() {
         let now: Timestamp = "2025-01-10T12:00:00Z".parse().unwrap();
-        let o = StoredObject {
-            key: ObjectKey::new(Kind::Service, Some("default"), "web"),
-            mod_revision: 3,
-            value: serde_json::json!({
+        let o = (
+            ObjectKey::new(Kind::Service, Some("default"), "web"),
+            serde_json::json!({
                 "metadata": {"name": "web", "creationTimestamp": "2025-01-10T11:00:00Z"},
                 "spec": {"type": "NodePort", "clusterIP": "10.96.0.20",
                          "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}
             }),
-        };
+        );
         let t = table(Kind::Service, &[o], true, now);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 2);

@@ -23,9 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
-    PutOptions, Txn, TxnOp, WatchOptions, WatchResponse,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
+    Txn, TxnOp, WatchOptions, WatchResponse,
 };
+use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 
 use crate::store::{
@@ -287,26 +288,48 @@ impl Inner {
         StoreError::Other(format!("{doing} on {}: {e}", self.url))
     }
 
-    /// All objects of `kind` at one revision, paged. Each page is decoded
-    /// while the next one is being fetched, and only one page of raw bytes
-    /// is held at a time.
+    /// All objects of `kind` at one revision, paged; starts over when that
+    /// revision gets compacted between pages.
     async fn list_kind(&self, kind: Kind) -> StoreResult<(Vec<StoredObject>, u64)> {
+        loop {
+            let mut objects = Vec::new();
+            match self
+                .list_pages(kind, &mut |page| objects.extend(page))
+                .await
+            {
+                Ok(revision) => return Ok((objects, revision)),
+                Err(StoreError::Compacted { revision, .. }) => {
+                    tracing::info!(%kind, revision, "list revision compacted while paging, relisting");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// All objects of `kind` at one revision, handed to `each` a page at a
+    /// time. Each page is decoded while the next one is being fetched, and
+    /// only one page of raw bytes is held at a time. `Compacted` when the
+    /// revision of the first page got compacted before the last one was read.
+    async fn list_pages(
+        &self,
+        kind: Kind,
+        each: &mut (dyn FnMut(Vec<StoredObject>) + Send),
+    ) -> StoreResult<u64> {
         let prefix = kind_prefix(kind).into_bytes();
         let end = prefix_end(&prefix);
         let doing = format!("listing {kind}");
-        let mut objects: Vec<StoredObject> = Vec::new();
         let mut revision: u64 = 0;
         let mut resp = self.fetch_page(&doing, prefix.clone(), &end, 0).await;
         loop {
             let mut page = match resp {
                 Ok(r) => r,
-                // The pinned revision got compacted between pages: start over.
                 Err(StoreError::Other(msg)) if revision > 0 && msg.contains("compacted") => {
-                    tracing::info!(%kind, revision, "list revision compacted while paging, relisting");
-                    objects.clear();
-                    revision = 0;
-                    resp = self.fetch_page(&doing, prefix.clone(), &end, 0).await;
-                    continue;
+                    return Err(StoreError::Compacted {
+                        kind,
+                        revision,
+                        // etcd does not say up to where; past the list's revision.
+                        compacted: revision + 1,
+                    });
                 }
                 Err(e) => return Err(e),
             };
@@ -316,25 +339,33 @@ impl Inner {
             }
             let more = page.more();
             let kvs = page.take_kvs();
+            let next_from = kvs.last().filter(|_| more).map(|last| {
+                let mut from = last.key().to_vec();
+                from.push(0);
+                from
+            });
             let decode = async {
-                kvs.iter()
-                    .filter_map(|kv| decode_kv(kind, kv))
-                    .collect::<Vec<_>>()
+                each(
+                    kvs.into_iter()
+                        .filter_map(|kv| {
+                            let rev = kv.mod_revision();
+                            let (key, value) = kv.into_key_value();
+                            decode_kv(kind, &key, rev, value)
+                        })
+                        .collect(),
+                )
             };
-            match kvs.last().filter(|_| more) {
-                Some(last) => {
-                    let mut from = last.key().to_vec();
-                    from.push(0);
+            match next_from {
+                Some(from) => {
                     // `join!` polls the fetch first, so the request is on its way
                     // before this task spends its time decoding.
-                    let (next, decoded) =
+                    let (next, ()) =
                         tokio::join!(self.fetch_page(&doing, from, &end, revision), decode);
-                    objects.extend(decoded);
                     resp = next;
                 }
                 None => {
-                    objects.extend(decode.await);
-                    return Ok((objects, revision));
+                    decode.await;
+                    return Ok(revision);
                 }
             }
         }
@@ -388,16 +419,19 @@ fn header_revision(h: Option<&etcd_client::ResponseHeader>) -> u64 {
 
 /// Turns one etcd key-value into a `StoredObject`; `None` (logged) for keys
 /// that are not podnet object keys or values that are not JSON.
-fn decode_kv(kind: Kind, kv: &KeyValue) -> Option<StoredObject> {
-    let Some(key) = decode_key(kind, kv.key()) else {
-        tracing::warn!(%kind, key = %String::from_utf8_lossy(kv.key()), "skipping etcd key that is not a podnet object key");
+fn decode_kv(kind: Kind, key: &[u8], mod_revision: i64, value: Vec<u8>) -> Option<StoredObject> {
+    let Some(key) = decode_key(kind, key) else {
+        tracing::warn!(%kind, key = %String::from_utf8_lossy(key), "skipping etcd key that is not a podnet object key");
         return None;
     };
-    match serde_json::from_slice(kv.value()) {
-        Ok(value) => Some(StoredObject {
+    let raw = String::from_utf8(value)
+        .map_err(|e| e.to_string())
+        .and_then(|text| RawValue::from_string(text).map_err(|e| e.to_string()));
+    match raw {
+        Ok(raw) => Some(StoredObject {
             key,
-            mod_revision: kv.mod_revision().max(0) as u64,
-            value,
+            mod_revision: mod_revision.max(0) as u64,
+            raw,
         }),
         Err(e) => {
             tracing::warn!(%key, "skipping etcd value that is not JSON: {e}");
@@ -414,6 +448,14 @@ impl Store for EtcdStore {
 
     async fn list(&self, kind: Kind) -> StoreResult<(Vec<StoredObject>, u64)> {
         self.inner.list_kind(kind).await
+    }
+
+    async fn list_in_batches(
+        &self,
+        kind: Kind,
+        each: &mut (dyn FnMut(Vec<StoredObject>) + Send),
+    ) -> StoreResult<u64> {
+        self.inner.list_pages(kind, each).await
     }
 
     async fn watch(&self, kind: Kind, after_revision: u64) -> StoreResult<WatchStream> {
@@ -451,14 +493,19 @@ impl Store for EtcdStore {
     async fn get(&self, key: &ObjectKey) -> StoreResult<Option<StoredObject>> {
         let k = key.etcd_key();
         let doing = format!("reading {key}");
-        let resp = self
+        let mut resp = self
             .inner
             .call(&doing, Retry::Idempotent, |mut c| {
                 let k = k.clone();
                 async move { c.get(k, None).await }
             })
             .await?;
-        Ok(resp.kvs().first().and_then(|kv| decode_kv(key.kind, kv)))
+        let kv = resp.take_kvs().into_iter().next();
+        Ok(kv.and_then(|kv| {
+            let rev = kv.mod_revision();
+            let (k, v) = kv.into_key_value();
+            decode_kv(key.kind, &k, rev, v)
+        }))
     }
 
     async fn put(&self, key: &ObjectKey, value: &serde_json::Value) -> StoreResult<u64> {
@@ -626,7 +673,9 @@ impl WatchState {
                 let Some(kv) = ev.kv() else { continue };
                 match ev.event_type() {
                     EventType::Put => {
-                        if let Some(obj) = decode_kv(self.kind, kv) {
+                        if let Some(obj) =
+                            decode_kv(self.kind, kv.key(), kv.mod_revision(), kv.value().to_vec())
+                        {
                             self.pending.push_back(WatchEvent::Put(obj));
                         }
                     }

@@ -18,7 +18,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::compact::{EndpointSlice, Pod, Service};
-use crate::object::{self, ClusterConfig, DecodeError, Namespace, Node, SubnetLease, TypedObject};
+use crate::object::{ClusterConfig, DecodeError, Namespace, Node, SubnetLease, TypedObject};
 use crate::store::{Kind, ObjectKey, Store, StoreError, StoredObject, WatchEvent};
 
 /// `namespace/name` of a namespaced object.
@@ -246,7 +246,7 @@ enum Update {
 /// Decode a stored object for the snapshot; `None` when it is malformed
 /// (logged; the snapshot keeps what it had).
 fn decode(o: &StoredObject) -> Option<Update> {
-    match object::decode(o.key.kind, &o.value) {
+    match o.decode() {
         Ok(t) => match Entry::from_typed(t) {
             Ok(e) => Some(Update::Put(o.key.clone(), e)),
             Err(e) => {
@@ -497,9 +497,9 @@ impl Backoff {
     }
 }
 
-/// A list's raw JSON values take several times the memory of the typed
-/// objects kept from them; once they are freed, hand the pages back (glibc
-/// keeps them otherwise, and a 20k-object list would leave ~150 MB resident).
+/// A list's raw JSON text and the full typed objects decoded from it take
+/// several times the memory of the compact forms kept; once they are freed,
+/// hand the pages back (glibc keeps them otherwise).
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
@@ -521,29 +521,33 @@ async fn run_kind(store: Arc<dyn Store>, kind: Kind, shared: Arc<Shared>) {
     let mut backoff = Backoff::new();
     loop {
         if need_list {
-            match store.list(kind).await {
-                Ok((objs, rev)) => {
-                    let count = objs.len();
-                    let mut updates = Vec::new();
-                    let mut fresh = HashMap::with_capacity(objs.len());
-                    // Consumed one by one so each raw value is freed once decoded.
-                    for o in objs {
-                        fresh.insert(o.key.clone(), o.mod_revision);
-                        if revs.get(&o.key) == Some(&o.mod_revision) {
-                            continue;
-                        }
-                        match decode(&o) {
-                            Some(u) => updates.push(u),
-                            // Malformed now: drop what the snapshot had too,
-                            // the list is the truth.
-                            None => updates.push(Update::Remove(o.key.clone())),
-                        }
+            let mut updates = Vec::new();
+            let mut fresh = HashMap::with_capacity(revs.len());
+            // Decoded batch by batch as the store reads them, so that the
+            // raw text of the whole list is never held at once.
+            let mut take = |batch: Vec<StoredObject>| {
+                for o in batch {
+                    let unchanged = revs.get(&o.key) == Some(&o.mod_revision);
+                    fresh.insert(o.key.clone(), o.mod_revision);
+                    if unchanged {
+                        continue;
                     }
+                    match decode(&o) {
+                        Some(u) => updates.push(u),
+                        // Malformed now: drop what the snapshot had too,
+                        // the list is the truth.
+                        None => updates.push(Update::Remove(o.key)),
+                    }
+                }
+            };
+            match store.list_in_batches(kind, &mut take).await {
+                Ok(rev) => {
                     for k in revs.keys() {
                         if !fresh.contains_key(k) {
                             updates.push(Update::Remove(k.clone()));
                         }
                     }
+                    let count = fresh.len();
                     revs = fresh;
                     last = rev;
                     need_list = false;
@@ -551,6 +555,10 @@ async fn run_kind(store: Arc<dyn Store>, kind: Kind, shared: Arc<Shared>) {
                     shared.publish(kind, updates, rev, true);
                     release_free_memory();
                     backoff.reset();
+                }
+                Err(StoreError::Compacted { revision, .. }) => {
+                    tracing::info!(kind = %kind, revision, "list revision compacted while listing; listing again");
+                    continue;
                 }
                 Err(e) => {
                     tracing::warn!(kind = %kind, store = %store.url(), error = %e, "list failed; keeping the last snapshot and retrying");

@@ -224,42 +224,107 @@ pub fn check_object_name(name: &str) -> Result<(), String> {
 /// EndpointSlice API: ready unset means ready, serving unset means ready,
 /// terminating unset means false) so that consumers never re-implement them.
 pub fn decode(kind: Kind, value: &serde_json::Value) -> Result<TypedObject, DecodeError> {
-    let name = value
-        .pointer("/metadata/name")
-        .and_then(|n| n.as_str())
-        .unwrap_or("")
-        .to_string();
+    decode_from(kind, &TreeSource(value))
+}
+
+/// `decode` of JSON text, read straight into the typed form without
+/// building a `serde_json::Value` first.
+pub fn decode_json(kind: Kind, json: &str) -> Result<TypedObject, DecodeError> {
+    decode_from(kind, &TextSource(json))
+}
+
+/// What `decode_from` reads an object from.
+trait Source {
+    fn de<T: serde::de::DeserializeOwned>(&self) -> Result<T, String>;
+    /// `metadata.name` ("" when absent) and `apiVersion` as given.
+    fn header(&self) -> (String, Option<String>);
+}
+
+struct TreeSource<'a>(&'a serde_json::Value);
+struct TextSource<'a>(&'a str);
+
+fn tree_header(v: &serde_json::Value) -> (String, Option<String>) {
+    let name = v.pointer("/metadata/name").and_then(|n| n.as_str());
+    let api = v.get("apiVersion").and_then(|v| v.as_str());
+    (name.unwrap_or("").to_string(), api.map(str::to_string))
+}
+
+impl Source for TreeSource<'_> {
+    fn de<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        T::deserialize(self.0).map_err(|e| e.to_string())
+    }
+    fn header(&self) -> (String, Option<String>) {
+        tree_header(self.0)
+    }
+}
+
+impl Source for TextSource<'_> {
+    fn de<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        serde_json::from_str(self.0).map_err(|e| e.to_string())
+    }
+    fn header(&self) -> (String, Option<String>) {
+        // Only asked for when the typed read failed: a tree costs nothing then.
+        serde_json::from_str(self.0)
+            .map(|v| tree_header(&v))
+            .unwrap_or_default()
+    }
+}
+
+/// The name and apiVersion checks, which come before any other complaint.
+fn check_header(kind: Kind, name: &str, api: Option<&str>) -> Result<(), DecodeError> {
+    let invalid = |reason: String| DecodeError::Invalid {
+        kind,
+        name: name.to_string(),
+        reason,
+    };
+    check_object_name(name).map_err(|e| invalid(format!("metadata.name: {e}")))?;
+    match api {
+        Some(v) if v != api_version(kind) => Err(invalid(format!(
+            "apiVersion {v:?} is not supported, expected {:?}",
+            api_version(kind)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn decode_from(kind: Kind, src: &impl Source) -> Result<TypedObject, DecodeError> {
+    let read = match kind {
+        Kind::Node => src.de().map(TypedObject::Node),
+        Kind::Pod => src.de().map(TypedObject::Pod),
+        Kind::Namespace => src.de().map(TypedObject::Namespace),
+        Kind::Service => src.de().map(TypedObject::Service),
+        Kind::EndpointSlice => src.de().map(TypedObject::EndpointSlice),
+        Kind::ClusterConfig => src.de().map(TypedObject::ClusterConfig),
+        Kind::SubnetLease => src.de().map(TypedObject::SubnetLease),
+    };
+    let mut obj = match read {
+        Ok(o) => o,
+        Err(reason) => {
+            // A wrong apiVersion or a missing name explains a failed read
+            // better than the decoder's message does.
+            let (name, api) = src.header();
+            check_header(kind, &name, api.as_deref())?;
+            return Err(DecodeError::Invalid { kind, name, reason });
+        }
+    };
+    let name = obj.metadata().name.clone().unwrap_or_default();
+    // k8s-openapi's types check their apiVersion while reading; podnet's
+    // default theirs.
+    let api = match &obj {
+        TypedObject::ClusterConfig(o) => Some(o.api_version.as_str()),
+        TypedObject::SubnetLease(o) => Some(o.api_version.as_str()),
+        _ => None,
+    };
+    check_header(kind, &name, api)?;
     let invalid = |reason: String| DecodeError::Invalid {
         kind,
         name: name.clone(),
         reason,
     };
-    if let Err(e) = check_object_name(&name) {
-        return Err(invalid(format!("metadata.name: {e}")));
-    }
-    if let Some(v) = value.get("apiVersion").and_then(|v| v.as_str()) {
-        if v != api_version(kind) {
-            return Err(invalid(format!(
-                "apiVersion {v:?} is not supported, expected {:?}",
-                api_version(kind)
-            )));
-        }
-    }
-    fn de<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<T, String> {
-        T::deserialize(v).map_err(|e| e.to_string())
-    }
-    let obj = match kind {
-        Kind::Node => TypedObject::Node(de(value).map_err(invalid)?),
-        Kind::Pod => TypedObject::Pod(de(value).map_err(invalid)?),
-        Kind::Namespace => TypedObject::Namespace(de(value).map_err(invalid)?),
-        Kind::Service => {
-            let mut svc: Service = de(value).map_err(invalid)?;
-            default_service(&mut svc).map_err(invalid)?;
-            TypedObject::Service(svc)
-        }
-        Kind::EndpointSlice => {
-            let mut eps: EndpointSlice = de(value).map_err(invalid)?;
-            default_endpoint_slice(&mut eps).map_err(invalid)?;
+    match &mut obj {
+        TypedObject::Service(svc) => default_service(svc).map_err(invalid)?,
+        TypedObject::EndpointSlice(eps) => {
+            default_endpoint_slice(eps).map_err(invalid)?;
             let has_service = eps
                 .metadata
                 .labels
@@ -275,15 +340,10 @@ pub fn decode(kind: Kind, value: &serde_json::Value) -> Result<TypedObject, Deco
                     ),
                 });
             }
-            TypedObject::EndpointSlice(eps)
         }
-        Kind::ClusterConfig => {
-            let cc: ClusterConfig = de(value).map_err(invalid)?;
-            cc.validate().map_err(invalid)?;
-            TypedObject::ClusterConfig(cc)
-        }
-        Kind::SubnetLease => TypedObject::SubnetLease(de(value).map_err(invalid)?),
-    };
+        TypedObject::ClusterConfig(cc) => cc.validate().map_err(invalid)?,
+        _ => {}
+    }
     Ok(obj)
 }
 

@@ -1,7 +1,8 @@
 //! The `Store` trait: what every backend (dir, etcd) offers the rest of podnet.
 //!
-//! Values are raw JSON so that a backend never needs to understand an object;
-//! typed decoding happens in `object` and the informer.
+//! Values are JSON text, kept as read, so that a backend never needs to
+//! understand an object and a list never builds JSON trees: typed decoding
+//! (`StoredObject::decode`) reads the text straight into the typed form.
 
 use std::fmt;
 use std::pin::Pin;
@@ -9,6 +10,9 @@ use std::time::Duration;
 
 use futures::Stream;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::object::{self, DecodeError, TypedObject};
 
 /// The kinds of object podnet stores. `SubnetLease` is podnet's own record of a
 /// node's claim on a pod subnet (etcd key `/podnet/leases/<a.b.c.d-len>`).
@@ -128,11 +132,50 @@ impl fmt::Display for ObjectKey {
 }
 
 /// One stored object with the store revision at which it was last modified.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct StoredObject {
     pub key: ObjectKey,
     pub mod_revision: u64,
-    pub value: serde_json::Value,
+    /// The object as JSON text (checked to be JSON). A `serde_json::Value`
+    /// of it would take 5-10 times its size in many small allocations, which
+    /// is what a list of tens of thousands of objects must not build.
+    pub raw: Box<RawValue>,
+}
+
+impl StoredObject {
+    pub fn from_value(key: ObjectKey, mod_revision: u64, value: &serde_json::Value) -> Self {
+        StoredObject {
+            key,
+            mod_revision,
+            raw: serde_json::value::to_raw_value(value).expect("a JSON value serializes"),
+        }
+    }
+
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        self.raw.get()
+    }
+
+    /// The object as a JSON tree (for tools that edit or print it). Fails only
+    /// for what a tree cannot hold, such as a number beyond `f64`.
+    pub fn value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str(self.raw.get())
+    }
+
+    /// The typed form of the object, as `object::decode` makes it, read
+    /// straight from the text.
+    pub fn decode(&self) -> Result<TypedObject, DecodeError> {
+        object::decode_json(self.key.kind, self.raw.get())
+    }
+}
+
+/// Same key, revision and text.
+impl PartialEq for StoredObject {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.mod_revision == other.mod_revision
+            && self.raw.get() == other.raw.get()
+    }
 }
 
 /// One change seen by a watch. `revision` is the store revision of the change.
@@ -217,6 +260,21 @@ pub trait Store: Send + Sync {
 
     /// All objects of one kind and the store revision they were read at.
     async fn list(&self, kind: Kind) -> StoreResult<(Vec<StoredObject>, u64)>;
+
+    /// What `list` returns, handed to `each` batch by batch as it is read
+    /// (in no particular order), then the revision. A caller that keeps only
+    /// a decoded form of each object thus never holds the whole list. An
+    /// error can come after some batches: the caller drops what it got (a
+    /// `Compacted` error means: list again).
+    async fn list_in_batches(
+        &self,
+        kind: Kind,
+        each: &mut (dyn FnMut(Vec<StoredObject>) + Send),
+    ) -> StoreResult<u64> {
+        let (objects, revision) = self.list(kind).await?;
+        each(objects);
+        Ok(revision)
+    }
 
     /// Changes of one kind with revision > `after_revision`, starting
     /// with those already made since then, in order, without gaps.

@@ -108,7 +108,7 @@ pub async fn list_leases(store: &dyn Store) -> Result<Vec<SubnetLease>, StoreErr
     let (objs, _) = store.list(Kind::SubnetLease).await?;
     let mut out = Vec::new();
     for o in objs {
-        match object::decode(Kind::SubnetLease, &o.value) {
+        match o.decode() {
             Ok(TypedObject::SubnetLease(l)) => out.push(l),
             Ok(_) => {}
             Err(e) => tracing::warn!(key = %o.key, error = %e, "skipping malformed subnet lease"),

@@ -74,7 +74,7 @@ async fn dir_put_get_list_delete_and_revisions() {
     assert!(d.path().join("nodes/n1.yaml").is_file());
     let got = s.get(&key("a")).await.unwrap().unwrap();
     assert_eq!(got.mod_revision, r1);
-    assert_eq!(got.value["spec"]["ports"][0]["port"], 80);
+    assert_eq!(got.value().unwrap()["spec"]["ports"][0]["port"], 80);
     let (objs, rev) = s.list(Kind::Service).await.unwrap();
     assert_eq!(rev, r3);
     assert_eq!(
@@ -93,7 +93,7 @@ async fn dir_put_get_list_delete_and_revisions() {
         None
     );
     assert_eq!(
-        s.get(&key("b")).await.unwrap().unwrap().value["spec"]["ports"][0]["port"],
+        s.get(&key("b")).await.unwrap().unwrap().value().unwrap()["spec"]["ports"][0]["port"],
         81
     );
     let rc = s
@@ -146,7 +146,7 @@ async fn dir_watch_restart_resumes_without_missing_or_replaying() {
     let WatchEvent::Put(o) = &evs[1] else {
         panic!()
     };
-    assert_eq!(o.value["spec"]["ports"][0]["port"], 2);
+    assert_eq!(o.value().unwrap()["spec"]["ports"][0]["port"], 2);
     quiet(&mut w, Duration::from_millis(300)).await;
 
     // A revision beyond the store's (a wiped store) forces a relist.
@@ -174,7 +174,7 @@ async fn dir_hand_edits_are_picked_up_with_fresh_revisions() {
         panic!("{evs:?}")
     };
     assert!(o.mod_revision > r0);
-    assert_eq!(o.value["spec"]["ports"][0]["port"], 81);
+    assert_eq!(o.value().unwrap()["spec"]["ports"][0]["port"], 81);
     let mut last = o.mod_revision;
 
     // An editor writing in place.
@@ -187,7 +187,7 @@ async fn dir_hand_edits_are_picked_up_with_fresh_revisions() {
     let WatchEvent::Put(o) = &evs[0] else {
         panic!("{evs:?}")
     };
-    assert_eq!(o.value["spec"]["ports"][0]["port"], 82);
+    assert_eq!(o.value().unwrap()["spec"]["ports"][0]["port"], 82);
     assert!(o.mod_revision > last);
     last = o.mod_revision;
 
@@ -208,8 +208,8 @@ async fn dir_hand_edits_are_picked_up_with_fresh_revisions() {
         panic!("{evs:?}")
     };
     assert_eq!(o.key, ObjectKey::new(Kind::Service, Some("shop"), "copy"));
-    assert_eq!(o.value["metadata"]["name"], "copy");
-    assert_eq!(o.value["metadata"]["namespace"], "shop");
+    assert_eq!(o.value().unwrap()["metadata"]["name"], "copy");
+    assert_eq!(o.value().unwrap()["metadata"]["namespace"], "shop");
     assert!(o.mod_revision > last);
 
     // rm

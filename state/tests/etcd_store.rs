@@ -53,7 +53,7 @@ async fn put_get_delete_and_key_layout() {
     let got = store.get(&key).await.unwrap().expect("stored");
     assert_eq!(got.key, key);
     assert_eq!(got.mod_revision, rev);
-    assert_eq!(got.value, json!({"spec": {"ports": []}}));
+    assert_eq!(got.value().unwrap(), json!({"spec": {"ports": []}}));
 
     // The value is plain JSON at the documented key, readable by etcdctl.
     let raw = etcd
@@ -137,7 +137,7 @@ async fn watch_from_list_revision_and_resume() {
     match next_event(&mut w).await {
         WatchEvent::Put(o) => {
             assert_eq!(
-                (o.key, o.mod_revision, o.value),
+                (o.key.clone(), o.mod_revision, o.value().unwrap()),
                 (svc("b"), r_b, json!({"v": 2}))
             )
         }
@@ -296,7 +296,10 @@ async fn create_if_absent_race_has_exactly_one_winner() {
     assert_eq!(winners.len(), 1, "winners: {winners:?}");
     let (i, rev) = winners[0];
     let stored = store.get(&key).await.unwrap().unwrap();
-    assert_eq!(stored.value, json!({ "node": format!("node-{i}") }));
+    assert_eq!(
+        stored.value().unwrap(),
+        json!({ "node": format!("node-{i}") })
+    );
     assert_eq!(stored.mod_revision, rev);
 }
 

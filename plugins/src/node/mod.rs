@@ -285,7 +285,7 @@ async fn wait_for_config(
     loop {
         match store.get(&key).await {
             Ok(Some(o)) => {
-                return match object::decode(Kind::ClusterConfig, &o.value) {
+                return match object::decode_json(Kind::ClusterConfig, o.json()) {
                     Ok(TypedObject::ClusterConfig(c)) => Ok(c),
                     Ok(other) => Err(AgentError::BadConfig(format!(
                         "{key} decoded as a {:?}",
@@ -361,7 +361,7 @@ async fn publish_node(store: &dyn Store, local: &LocalNode) -> Result<(), AgentE
             doing: format!("reading {key}"),
             source,
         })?
-        .and_then(|o| match object::decode(Kind::Node, &o.value) {
+        .and_then(|o| match object::decode_json(Kind::Node, o.json()) {
             Ok(TypedObject::Node(n)) => Some(n),
             _ => None,
         });

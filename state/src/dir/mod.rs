@@ -24,6 +24,7 @@ mod journal;
 mod lease;
 mod watch;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -33,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::object::check_object_name;
@@ -126,6 +128,10 @@ fn io_err(doing: &str, path: &Path, source: io::Error) -> StoreError {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Objects per batch of `Store::list_in_batches`: enough to keep the
+/// consumer busy, few enough that little raw text is in flight.
+const LIST_BATCH: usize = 256;
+
 impl DirStore {
     /// Open (creating if needed) the store rooted at `root`.
     pub fn open(root: impl AsRef<Path>) -> StoreResult<DirStore> {
@@ -206,21 +212,40 @@ impl Core {
         Ok(l)
     }
 
-    /// All objects of `kind` at the returned revision. Files the journal
-    /// already describes are read after the lock is released (so that lists
-    /// of several kinds parse in parallel); one that changed in between is
-    /// looked at again under the lock and comes with its new revision (the
-    /// watch from the list revision then repeats it, which is harmless).
+    /// All objects of `kind` at the returned revision, sorted by key.
     fn list(&self, kind: Kind) -> StoreResult<(Vec<StoredObject>, u64)> {
+        let mut out = Vec::new();
+        let rev = self.list_batches(kind, |batch| {
+            out.extend(batch);
+            true
+        })?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok((out, rev))
+    }
+
+    /// All objects of `kind` at the returned revision, handed to `emit`
+    /// `LIST_BATCH` at a time (it returns false to stop early). Files the
+    /// journal already describes are read after the lock is released (so
+    /// that lists of several kinds parse in parallel); one that changed in
+    /// between is looked at again under the lock and comes with its new
+    /// revision (the watch from the list revision then repeats it, which is
+    /// harmless).
+    fn list_batches(
+        &self,
+        kind: Kind,
+        mut emit: impl FnMut(Vec<StoredObject>) -> bool,
+    ) -> StoreResult<u64> {
         let (scan, rev) = {
             let mut l = self.lock()?;
             let scan = l.reconcile_kind(kind)?;
             (scan, l.st.current)
         };
-        let mut out = scan.changed;
-        out.reserve(scan.unchanged.len());
+        let mut batch = scan.changed;
         let mut redo = Vec::new();
         for (key, path, mod_revision, stat) in scan.unchanged {
+            if batch.len() >= LIST_BATCH && !emit(std::mem::take(&mut batch)) {
+                return Ok(rev);
+            }
             let read = File::open(&path).and_then(|mut f| {
                 let meta = f.metadata()?;
                 let mut data = Vec::with_capacity(meta.len() as usize);
@@ -228,11 +253,11 @@ impl Core {
                 Ok((meta, data))
             });
             match read {
-                Ok((meta, data)) if FileStat::of(&meta) == stat => match decode_file(&key, &data) {
-                    Ok(value) => out.push(StoredObject {
+                Ok((meta, data)) if FileStat::of(&meta) == stat => match decode_file(&key, data) {
+                    Ok(raw) => batch.push(StoredObject {
                         key,
                         mod_revision,
-                        value,
+                        raw,
                     }),
                     Err(e) => self.report_malformed(&path, stat, &e),
                 },
@@ -246,12 +271,14 @@ impl Core {
             let mut l = self.lock()?;
             for key in redo {
                 if let Some(o) = l.reconcile_key(&key)? {
-                    out.push(o);
+                    batch.push(o);
                 }
             }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok((out, rev))
+        if !batch.is_empty() {
+            emit(batch);
+        }
+        Ok(rev)
     }
 
     fn kind_dir(&self, kind: Kind) -> PathBuf {
@@ -302,14 +329,44 @@ fn object_file_name(file: &str) -> Option<&str> {
     Some(name)
 }
 
-/// Parse an object file (YAML or JSON) into the stored value, with the
+/// The head of an object file, enough to tell whether its metadata
+/// already names the object as its path does.
+#[derive(serde::Deserialize)]
+struct FileHead<'a> {
+    #[serde(borrow)]
+    metadata: Option<FileMeta<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct FileMeta<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    namespace: Option<Cow<'a, str>>,
+}
+
+/// Parse an object file (YAML or JSON) into the stored JSON text, with the
 /// name and namespace taken from its path (a copied file is a new object).
-fn decode_file(key: &ObjectKey, data: &[u8]) -> Result<Value, String> {
+/// A JSON file that already agrees with its path (every file the store
+/// writes) is kept as it is, without building a JSON tree.
+fn decode_file(key: &ObjectKey, mut data: Vec<u8>) -> Result<Box<RawValue>, String> {
     let first = data.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'{') && agrees_with_path(key, &data) {
+        // RawValue holds no surrounding whitespace; the file ends in a newline.
+        let end = data
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(0, |p| p + 1);
+        data.truncate(end);
+        let start = data.iter().position(|b| !b.is_ascii_whitespace());
+        data.drain(..start.unwrap_or(0));
+        let json = String::from_utf8(data).map_err(|e| e.to_string())?;
+        return RawValue::from_string(json).map_err(|e| e.to_string());
+    }
     let mut v: Value = if first == Some(&b'{') {
-        serde_json::from_slice(data).map_err(|e| e.to_string())?
+        serde_json::from_slice(&data).map_err(|e| e.to_string())?
     } else {
-        serde_yaml::from_slice(data).map_err(|e| e.to_string())?
+        serde_yaml::from_slice(&data).map_err(|e| e.to_string())?
     };
     let map = v
         .as_object_mut()
@@ -324,7 +381,18 @@ fn decode_file(key: &ObjectKey, data: &[u8]) -> Result<Value, String> {
     if let Some(ns) = &key.namespace {
         meta.insert("namespace".into(), Value::String(ns.clone()));
     }
-    Ok(v)
+    serde_json::value::to_raw_value(&v).map_err(|e| e.to_string())
+}
+
+/// Whether a JSON file's `metadata` has exactly the name and namespace of
+/// its path (false also when it cannot be read as such).
+fn agrees_with_path(key: &ObjectKey, data: &[u8]) -> bool {
+    serde_json::from_slice::<FileHead>(data).is_ok_and(|h| {
+        h.metadata.is_some_and(|m| {
+            m.name.as_deref() == Some(key.name.as_str())
+                && m.namespace.as_deref() == key.namespace.as_deref()
+        })
+    })
 }
 
 fn check_key(key: &ObjectKey) -> StoreResult<()> {
@@ -484,7 +552,8 @@ impl Locked<'_> {
             Err(e) => return Err(io_err("reading", path, e)),
         };
         let stat = FileStat::of(meta);
-        let value = match decode_file(key, &data) {
+        let hash = journal::fnv1a(&data);
+        let raw = match decode_file(key, data) {
             Ok(v) => v,
             Err(e) => {
                 self.core.report_malformed(path, stat, &e);
@@ -493,7 +562,7 @@ impl Locked<'_> {
         };
         let rev = match self.st.live.get_mut(key) {
             Some(e) if e.stat == stat => e.rev,
-            Some(e) if e.hash == journal::fnv1a(&data) => {
+            Some(e) if e.hash == hash => {
                 // Same content, new stat (touch, or rewritten identically).
                 e.stat = stat;
                 e.rev
@@ -504,7 +573,7 @@ impl Locked<'_> {
                 self.append(Record::Put {
                     rev,
                     key: key.clone(),
-                    hash: journal::fnv1a(&data),
+                    hash,
                     stat,
                 })?;
                 rev
@@ -513,7 +582,7 @@ impl Locked<'_> {
         Ok(Some(StoredObject {
             key: key.clone(),
             mod_revision: rev,
-            value,
+            raw,
         }))
     }
 
@@ -688,6 +757,26 @@ impl Store for DirStore {
     async fn list(&self, kind: Kind) -> StoreResult<(Vec<StoredObject>, u64)> {
         let core = self.core.clone();
         blocking(move || core.list(kind)).await
+    }
+
+    async fn list_in_batches(
+        &self,
+        kind: Kind,
+        each: &mut (dyn FnMut(Vec<StoredObject>) + Send),
+    ) -> StoreResult<u64> {
+        // Files are read on a blocking thread while the caller consumes the
+        // batches; the bounded channel keeps little in flight.
+        let core = self.core.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let reader = tokio::task::spawn_blocking(move || {
+            core.list_batches(kind, |batch| tx.blocking_send(batch).is_ok())
+        });
+        while let Some(batch) = rx.recv().await {
+            each(batch);
+        }
+        reader
+            .await
+            .map_err(|e| StoreError::Other(format!("dir store task failed: {e}")))?
     }
 
     async fn watch(&self, kind: Kind, after_revision: u64) -> StoreResult<WatchStream> {

@@ -256,9 +256,9 @@ impl Watcher {
                     let Some((p, _)) = self.core.find_file(&key) else {
                         continue; // deleted since; its Delete follows
                     };
-                    let value = match std::fs::read(&p)
+                    let raw = match std::fs::read(&p)
                         .map_err(|e| e.to_string())
-                        .and_then(|d| decode_file(&key, &d))
+                        .and_then(|d| decode_file(&key, d))
                     {
                         Ok(v) => v,
                         Err(e) => {
@@ -271,7 +271,7 @@ impl Watcher {
                     WatchEvent::Put(StoredObject {
                         key,
                         mod_revision: rev,
-                        value,
+                        raw,
                     })
                 }
                 Record::Delete { key, rev } if key.kind == self.kind => {
