@@ -170,33 +170,35 @@ impl NodeLease {
     }
 }
 
+/// A dual-stack VXLAN lease for unit tests of this crate.
+#[cfg(test)]
+pub(crate) fn sample_lease() -> NodeLease {
+    NodeLease {
+        node: "n1".into(),
+        networks: vec!["10.244.0.0/16".parse().unwrap()],
+        subnets: vec![
+            "10.244.3.0/24".parse().unwrap(),
+            "fd00:244:0:3::/64".parse().unwrap(),
+        ],
+        mtu: 1450,
+        backend: LeaseBackend::Vxlan,
+        vni: Some(7),
+        vxlan_port: Some(4789),
+        underlay: "10.90.0.2".parse().unwrap(),
+        ip_masq: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample() -> NodeLease {
-        NodeLease {
-            node: "n1".into(),
-            networks: vec!["10.244.0.0/16".parse().unwrap()],
-            subnets: vec![
-                "10.244.3.0/24".parse().unwrap(),
-                "fd00:244:0:3::/64".parse().unwrap(),
-            ],
-            mtu: 1450,
-            backend: LeaseBackend::Vxlan,
-            vni: Some(7),
-            vxlan_port: Some(4789),
-            underlay: "10.90.0.2".parse().unwrap(),
-            ip_masq: true,
-        }
-    }
 
     #[test]
     fn write_then_read_round_trips_and_skips_identical_rewrites() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/subnet.json");
         assert_eq!(NodeLease::read(&path).unwrap(), None);
-        let l = sample();
+        let l = sample_lease();
         assert!(l.write(&path).unwrap());
         assert_eq!(NodeLease::read(&path).unwrap(), Some(l.clone()));
         assert!(!l.write(&path).unwrap());
@@ -223,7 +225,7 @@ mod tests {
 
     #[test]
     fn json_field_names_are_camel_case() {
-        let v = serde_json::to_value(sample()).unwrap();
+        let v = serde_json::to_value(sample_lease()).unwrap();
         assert_eq!(v["backend"], "vxlan");
         assert_eq!(v["ipMasq"], true);
         assert_eq!(v["subnets"][1], "fd00:244:0:3::/64");

@@ -305,23 +305,7 @@ impl Plugin for MetaPlugin {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lease() -> NodeLease {
-        NodeLease {
-            node: "n1".into(),
-            networks: vec!["10.244.0.0/16".parse().unwrap()],
-            subnets: vec![
-                "10.244.3.0/24".parse().unwrap(),
-                "fd00:244:0:3::/64".parse().unwrap(),
-            ],
-            mtu: 1450,
-            backend: LeaseBackend::Vxlan,
-            vni: Some(1),
-            vxlan_port: Some(4789),
-            underlay: "10.90.0.3".parse().unwrap(),
-            ip_masq: true,
-        }
-    }
+    use crate::lease::sample_lease;
 
     #[test]
     fn bridge_config_uses_lease_subnets_and_mtu_and_keeps_user_options() {
@@ -330,7 +314,7 @@ mod tests {
             "leaseFile": "/x", "dataDir": "/d", "hairpinMode": true, "mtu": 9000,
             "ipMasq": true, "runtimeConfig": {"mac": "02:00:00:00:00:01"}
         });
-        let c = bridge_config(&user, &lease(), Some(Path::new("/d")));
+        let c = bridge_config(&user, &sample_lease(), Some(Path::new("/d")));
         assert_eq!(c["type"], "podnet-bridge");
         assert_eq!(c["bridge"], DEFAULT_BRIDGE);
         assert_eq!(c["mtu"], 1450);
@@ -355,7 +339,7 @@ mod tests {
             "name": "n", "type": "podnet-host-gw", "bridge": "br9", "isDefaultGateway": false,
             "ipam": {"type": "host-local", "ranges": [[{"subnet": "192.0.2.0/24"}]], "dataDir": "/u"}
         });
-        let c = bridge_config(&user, &lease(), None);
+        let c = bridge_config(&user, &sample_lease(), None);
         assert_eq!(c["bridge"], "br9");
         assert_eq!(c["isDefaultGateway"], false);
         assert_eq!(c["ipam"]["type"], "host-local");
