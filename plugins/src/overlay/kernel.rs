@@ -17,7 +17,7 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkGetRequest, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use super::{DataPath, Fdb, Mac, Neigh, Op, Route, RTPROT_PODNET};
 
@@ -112,35 +112,28 @@ impl Kernel {
 
     /// The link called `name`, or `None` when there is none.
     pub async fn link(&self, name: &str) -> Result<Option<LinkInfoSummary>> {
-        let res = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute()
-            .try_collect::<Vec<_>>()
-            .await;
-        match res {
-            Ok(m) => Ok(m.first().map(summarize)),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(nl(format!("looking up link {name}"))(e)),
-        }
+        let req = self.handle.link().get().match_name(name.to_string());
+        self.one_link(req, || format!("looking up link {name}"))
+            .await
     }
 
     /// The link with index `index`.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfoSummary>> {
-        let res = self
-            .handle
-            .link()
-            .get()
-            .match_index(index)
-            .execute()
-            .try_collect::<Vec<_>>()
-            .await;
-        match res {
+        let req = self.handle.link().get().match_index(index);
+        self.one_link(req, || format!("looking up link #{index}"))
+            .await
+    }
+
+    /// The first link `req` finds; `None` when the kernel says there is no such device.
+    async fn one_link(
+        &self,
+        req: LinkGetRequest,
+        what: impl Fn() -> String,
+    ) -> Result<Option<LinkInfoSummary>> {
+        match req.execute().try_collect::<Vec<_>>().await {
             Ok(m) => Ok(m.first().map(summarize)),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(nl(format!("looking up link #{index}"))(e)),
+            Err(e) => Err(nl(what())(e)),
         }
     }
 
