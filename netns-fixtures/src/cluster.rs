@@ -17,7 +17,8 @@ use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::netns::{run_checked, Netns};
+use crate::netns::Netns;
+use crate::underlay::plug_into_switch;
 use crate::util::wait_until;
 
 const UNDERLAY_V4: &str = "10.90.0";
@@ -218,23 +219,8 @@ impl Cluster {
         let name = format!("node{k}");
         let ns = Netns::new(&format!("n{k}"))?;
         let port = format!("p{k}");
-        run_checked(Command::new("ip").args([
-            "-n",
-            self.switch.name(),
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ]))
-        .with_context(|| format!("plugging {name} into the switch"))?;
-        self.switch
-            .exec_checked(&["ip", "link", "set", &port, "master", "br0", "up"])?;
+        plug_into_switch(&self.switch, &port, &ns, "eth0")
+            .with_context(|| format!("plugging {name} into the switch"))?;
         let ip = format!("{UNDERLAY_V4}.{k}");
         let mtu = self.opts.mtu.to_string();
         ns.exec_checked(&["ip", "link", "set", "eth0", "mtu", &mtu])?;

@@ -75,22 +75,7 @@ impl Underlay {
         for (i, host) in hosts.iter().enumerate() {
             let port = format!("p{i}");
             let ifname = free_eth_name(host)?;
-            run_checked(Command::new("ip").args([
-                "-n",
-                sw.name(),
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &ifname,
-                "netns",
-                host.name(),
-            ]))
-            .with_context(|| format!("connecting {} to the switch", host.name()))?;
-            sw.exec_checked(&["ip", "link", "set", &port, "master", "br0", "up"])?;
+            plug_into_switch(&sw, &port, host, &ifname)?;
             let addr = format!("{}/{}", nth_host(&net, i as u32 + 1)?, net.prefix());
             configure(host, &ifname, &addr)?;
             under.ifaces.push(ifname);
@@ -121,6 +106,28 @@ impl Drop for Underlay {
         }
         // The switch namespace's Drop removes its veths, and with them the host ends.
     }
+}
+
+/// A veth from port `port` of the switch's `br0` (up) to `ifname` in `host`
+/// (left down for the caller to configure).
+pub(crate) fn plug_into_switch(sw: &Netns, port: &str, host: &Netns, ifname: &str) -> Result<()> {
+    run_checked(Command::new("ip").args([
+        "-n",
+        sw.name(),
+        "link",
+        "add",
+        port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        ifname,
+        "netns",
+        host.name(),
+    ]))
+    .with_context(|| format!("connecting {} to the switch", host.name()))?;
+    sw.exec_checked(&["ip", "link", "set", port, "master", "br0", "up"])?;
+    Ok(())
 }
 
 fn configure(ns: &Netns, ifname: &str, addr: &str) -> Result<()> {
