@@ -87,6 +87,25 @@ pub fn default_bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/local/bin"))
 }
 
+/// CNI DEL of `pod`'s attachment with its node's conflist, as the runtime would.
+fn cni_del(node: &NodeRecord, pod: &PodRecord, cni_path: &str) -> Result<()> {
+    let bytes = std::fs::read(&node.cni_conf)
+        .with_context(|| format!("reading {}", node.cni_conf.display()))?;
+    let conflist: Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("parsing {}", node.cni_conf.display()))?;
+    let netns_path = Path::new("/run/netns").join(&pod.netns);
+    del_list(
+        &conflist,
+        &CniCall {
+            host_netns: &node.netns,
+            container_id: &pod.container_id,
+            netns_path: &netns_path,
+            ifname: "eth0",
+            cni_path,
+        },
+    )
+}
+
 struct Lab {
     rec: LabRecord,
     bin_dir: PathBuf,
@@ -584,23 +603,8 @@ pub fn down() -> Result<()> {
         let Some(node) = rec.nodes.iter().find(|n| n.name == pod.node) else {
             continue;
         };
-        let Ok(bytes) = std::fs::read(&node.cni_conf) else {
-            continue;
-        };
-        let Ok(conflist) = serde_json::from_slice::<Value>(&bytes) else {
-            continue;
-        };
-        let netns_path = Path::new("/run/netns").join(&pod.netns);
-        let _ = del_list(
-            &conflist,
-            &CniCall {
-                host_netns: &node.netns,
-                container_id: &pod.container_id,
-                netns_path: &netns_path,
-                ifname: "eth0",
-                cni_path: &cni_path,
-            },
-        );
+        // Best effort: `down` removes the namespaces whatever the plugins say.
+        let _ = cni_del(node, pod, &cni_path);
     }
     // Every namespace of the lab, recorded or not, and whatever still runs in it.
     let mut names: Vec<String> = rec.namespaces.clone();
@@ -685,19 +689,7 @@ pub fn delete_pod(name: &str) -> Result<()> {
         .find(|n| n.name == pod.node)
         .cloned()
         .context("pod's node")?;
-    let conflist: Value = serde_json::from_slice(&std::fs::read(&node.cni_conf)?)?;
-    let netns_path = Path::new("/run/netns").join(&pod.netns);
-    let cni_path = lab.cni_path();
-    del_list(
-        &conflist,
-        &CniCall {
-            host_netns: &node.netns,
-            container_id: &pod.container_id,
-            netns_path: &netns_path,
-            ifname: "eth0",
-            cni_path: &cni_path,
-        },
-    )?;
+    cni_del(&node, &pod, &lab.cni_path())?;
     for d in rec.daemons.iter().filter(|d| d.netns == pod.netns) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(d.pid as i32),
