@@ -3,7 +3,7 @@
 //! the proxy configuration, no I/O. Bad objects are skipped (and reported in
 //! `Model::skipped`, which the caller logs) while everything else is kept.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -198,6 +198,17 @@ pub struct HealthCheck {
     pub local_endpoints: usize,
 }
 
+/// The desired state of one service: its ports in both families.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceModel {
+    /// Per valid port in spec order, one entry per family it has a
+    /// ClusterIP in (IPv4 first).
+    pub ports: Vec<ServicePort>,
+    /// healthCheckNodePort and its responder state (eTP=Local services).
+    pub health_check: Option<(u16, HealthCheck)>,
+    pub skipped: Vec<Skipped>,
+}
+
 /// The desired state of both families.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Model {
@@ -215,12 +226,44 @@ impl Model {
             Family::V6 => &self.v6,
         }
     }
-    fn family_mut(&mut self, f: Family) -> &mut BTreeMap<ServicePortName, ServicePort> {
-        match f {
-            Family::V4 => &mut self.v4,
-            Family::V6 => &mut self.v6,
+
+    /// Builds the model from a snapshot.
+    pub fn build(snapshot: &Snapshot, cfg: &ModelConfig) -> Model {
+        let mut model = Model::default();
+        let slices = slices_by_service(snapshot);
+        for (name, svc) in &snapshot.services {
+            let slices = slices.get(name).map(Vec::as_slice).unwrap_or(&[]);
+            model.add(ServiceModel::build(name, svc, slices, cfg));
         }
+        model
     }
+
+    fn add(&mut self, sm: ServiceModel) {
+        for sp in sm.ports {
+            let map = match Family::of(&sp.cluster_ip) {
+                Family::V4 => &mut self.v4,
+                Family::V6 => &mut self.v6,
+            };
+            map.insert(sp.name.clone(), sp);
+        }
+        self.health_checks.extend(sm.health_check);
+        self.skipped.extend(sm.skipped);
+    }
+}
+
+impl ServiceModel {
+    /// The ports of `f`.
+    pub fn family(&self, f: Family) -> impl Iterator<Item = &ServicePort> {
+        self.ports
+            .iter()
+            .filter(move |sp| Family::of(&sp.cluster_ip) == f)
+    }
+
+    /// The port of `f` named `name`.
+    pub fn port(&self, f: Family, name: &ServicePortName) -> Option<&ServicePort> {
+        self.family(f).find(|sp| sp.name == *name)
+    }
+
     fn skip(&mut self, object: impl fmt::Display, reason: impl Into<String>) {
         self.skipped.push(Skipped {
             object: object.to_string(),
@@ -228,26 +271,15 @@ impl Model {
         });
     }
 
-    /// Builds the model from a snapshot.
-    pub fn build(snapshot: &Snapshot, cfg: &ModelConfig) -> Model {
-        let mut model = Model::default();
-        let slices = slices_by_service(snapshot);
-        for (name, svc) in &snapshot.services {
-            model.add_service(name, svc, slices.get(name).map(Vec::as_slice), cfg);
-        }
-        model
-    }
-
-    /// The model of one service alone (its ports in both families, health
-    /// check, skipped parts), for incremental updates.
-    pub fn for_service(
+    /// The model of service `name` with the EndpointSlices that name it.
+    pub fn build(
         name: &NamespacedName,
         svc: &Service,
         slices: &[&EndpointSlice],
         cfg: &ModelConfig,
-    ) -> Model {
-        let mut m = Model::default();
-        m.add_service(name, svc, Some(slices), cfg);
+    ) -> ServiceModel {
+        let mut m = ServiceModel::default();
+        m.add_service(name, svc, slices, cfg);
         m
     }
 
@@ -255,7 +287,7 @@ impl Model {
         &mut self,
         name: &NamespacedName,
         svc: &Service,
-        slices: Option<&[&EndpointSlice]>,
+        slices: &[&EndpointSlice],
         cfg: &ModelConfig,
     ) {
         let spec = &svc.spec;
@@ -266,7 +298,8 @@ impl Model {
         if ip_strings.is_empty() || ip_strings.iter().any(|s| &**s == "None" || s.is_empty()) {
             return; // headless (or not allocated yet): nothing to proxy.
         }
-        let mut cluster_ips: BTreeMap<Family, IpAddr> = BTreeMap::new();
+        // The first ClusterIP of each family, IPv4 first.
+        let mut cluster_ips: [Option<IpAddr>; 2] = [None, None];
         for s in ip_strings.iter() {
             let ip: IpAddr = match s.parse() {
                 Ok(ip) => ip,
@@ -279,26 +312,22 @@ impl Model {
                 }
             };
             let fam = Family::of(&ip);
-            let cidrs: Vec<&IpNetwork> = cfg
+            let mut cidrs = cfg
                 .service_cidrs
                 .iter()
                 .filter(|c| Family::of(&c.ip()) == fam)
-                .collect();
-            if !cidrs.is_empty() && !cidrs.iter().any(|c| c.contains(ip)) {
+                .peekable();
+            if cidrs.peek().is_some() && !cidrs.clone().any(|c| c.contains(ip)) {
                 self.skip(
                     format!("service {name}"),
                     format!(
                         "clusterIP {ip} is outside the service CIDR {}",
-                        cidrs
-                            .iter()
-                            .map(|c| c.to_string())
-                            .collect::<Vec<_>>()
-                            .join(",")
+                        cidrs.map(|c| c.to_string()).collect::<Vec<_>>().join(",")
                     ),
                 );
                 return;
             }
-            cluster_ips.entry(fam).or_insert(ip);
+            cluster_ips[fam as usize].get_or_insert(ip);
         }
         let external_ips = self.parse_ips(name, "externalIP", spec.external_ips.iter());
         let lb_ips = if spec.type_ == ServiceType::LoadBalancer {
@@ -323,52 +352,53 @@ impl Model {
             ServiceType::NodePort | ServiceType::LoadBalancer
         );
 
-        let mut seen: BTreeSet<(Protocol, u16)> = BTreeSet::new();
-        let mut seen_names: BTreeSet<&str> = BTreeSet::new();
         let mut max_local = 0usize;
         let mut hc_port = None;
+        // Services have a handful of ports: small lists, no sets.
+        let mut seen: Vec<(Protocol, u16)> = Vec::new();
+        let mut seen_names: Vec<&str> = Vec::new();
+        let several = spec.ports.len() > 1;
         for p in spec.ports.iter() {
             let port_name: &str = &p.name;
             let protocol = Protocol::from(p.protocol);
             let port = p.port;
             let what = || format!("service {name} port {port_name:?} ({port})");
-            if !seen.insert((protocol, port)) {
-                self.skip(what(), format!("duplicate port {port}/{}", protocol.name()));
-                continue;
-            }
-            if !seen_names.insert(port_name) {
-                self.skip(what(), format!("duplicate port name {port_name:?}"));
-                continue;
+            if several {
+                if seen.contains(&(protocol, port)) {
+                    self.skip(what(), format!("duplicate port {port}/{}", protocol.name()));
+                    continue;
+                }
+                seen.push((protocol, port));
+                if seen_names.contains(&port_name) {
+                    self.skip(what(), format!("duplicate port name {port_name:?}"));
+                    continue;
+                }
+                seen_names.push(port_name);
             }
             let node_port = p.node_port.filter(|_| node_ports_allowed);
-            let spn = ServicePortName {
-                service: name.clone(),
-                port: port_name.to_string(),
-                protocol,
-            };
-            for (fam, cluster_ip) in &cluster_ips {
-                let eps = endpoints_for(
-                    slices.unwrap_or(&[]),
-                    *fam,
-                    port_name,
-                    protocol,
-                    &cfg.node_name,
-                );
-                let sp = ServicePort {
-                    name: spn.clone(),
-                    cluster_ip: *cluster_ip,
+            for (fam, cluster_ip) in [Family::V4, Family::V6]
+                .into_iter()
+                .zip(cluster_ips)
+                .filter_map(|(f, ip)| Some((f, ip?)))
+            {
+                let eps = endpoints_for(slices, fam, port_name, protocol, &cfg.node_name);
+                let of_family = |ips: &[IpAddr]| {
+                    ips.iter()
+                        .filter(|ip| Family::of(ip) == fam)
+                        .copied()
+                        .collect()
+                };
+                let mut sp = ServicePort {
+                    name: ServicePortName {
+                        service: name.clone(),
+                        port: port_name.to_string(),
+                        protocol,
+                    },
+                    cluster_ip,
                     port,
                     node_port,
-                    external_ips: external_ips
-                        .iter()
-                        .filter(|ip| Family::of(ip) == *fam)
-                        .copied()
-                        .collect(),
-                    load_balancer_ips: lb_ips
-                        .iter()
-                        .filter(|ip| Family::of(ip) == *fam)
-                        .copied()
-                        .collect(),
+                    external_ips: of_family(&external_ips),
+                    load_balancer_ips: of_family(&lb_ips),
                     cluster_endpoints: eps.cluster,
                     local_endpoints: eps.local,
                     maybe_local_endpoints: eps.maybe_local,
@@ -377,32 +407,26 @@ impl Model {
                     internal_policy_local: itp_local,
                     health_check_node_port: None,
                 };
-                let ext_local = etp_local && sp.externally_accessible();
-                let sp = ServicePort {
-                    external_policy_local: ext_local,
-                    health_check_node_port: if ext_local {
-                        spec.health_check_node_port
-                    } else {
-                        None
-                    },
-                    ..sp
-                };
+                if etp_local && sp.externally_accessible() {
+                    sp.external_policy_local = true;
+                    sp.health_check_node_port = spec.health_check_node_port;
+                }
                 if let Some(hc) = sp.health_check_node_port {
                     hc_port = Some(hc);
                     max_local = max_local.max(sp.local_endpoints.len());
                 }
-                self.family_mut(*fam).insert(spn.clone(), sp);
+                self.ports.push(sp);
             }
         }
         if let Some(port) = hc_port {
             // Dual-stack: the same pods appear once per family; count one family.
-            self.health_checks.insert(
+            self.health_check = Some((
                 port,
                 HealthCheck {
                     service: name.clone(),
                     local_endpoints: max_local,
                 },
-            );
+            ));
         }
     }
 
@@ -445,17 +469,24 @@ struct PortEndpoints {
 
 #[derive(Default)]
 struct Candidates {
-    ready: BTreeSet<Endpoint>,
-    serving_terminating: BTreeSet<Endpoint>,
+    ready: Vec<Endpoint>,
+    serving_terminating: Vec<Endpoint>,
+}
+
+/// Sorted, without duplicates.
+fn sorted(mut v: Vec<Endpoint>) -> Vec<Endpoint> {
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 impl Candidates {
     /// Ready endpoints, or the serving-terminating ones when none is ready.
     fn usable(self) -> Vec<Endpoint> {
         if self.ready.is_empty() {
-            self.serving_terminating.into_iter().collect()
+            sorted(self.serving_terminating)
         } else {
-            self.ready.into_iter().collect()
+            sorted(self.ready)
         }
     }
 }
@@ -469,7 +500,7 @@ fn endpoints_for(
 ) -> PortEndpoints {
     let mut all = Candidates::default();
     let mut local = Candidates::default();
-    let mut maybe_local = BTreeSet::new();
+    let mut maybe_local = Vec::new();
     for slice in slices {
         if slice.address_type != fam.address_type() {
             continue;
@@ -496,20 +527,20 @@ fn endpoints_for(
             let e = Endpoint { ip, port };
             for c in [&mut all].into_iter().chain(is_local.then_some(&mut local)) {
                 if ready {
-                    c.ready.insert(e);
+                    c.ready.push(e);
                 } else if serving && terminating {
-                    c.serving_terminating.insert(e);
+                    c.serving_terminating.push(e);
                 }
             }
             if (ready || (serving && terminating)) && (is_local || node_name.is_none()) {
-                maybe_local.insert(e);
+                maybe_local.push(e);
             }
         }
     }
     PortEndpoints {
         cluster: all.usable(),
         local: local.usable(),
-        maybe_local: maybe_local.into_iter().collect(),
+        maybe_local: sorted(maybe_local),
     }
 }
 

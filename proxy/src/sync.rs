@@ -17,7 +17,7 @@ use crate::apply::{self, ApplyError};
 use crate::conntrack::{self, Conntrack, FlowFilter};
 use crate::diff;
 use crate::metrics::Metrics;
-use crate::model::{Family, HealthCheck, Model, ModelConfig, Protocol};
+use crate::model::{Family, HealthCheck, Model, ModelConfig, Protocol, ServiceModel};
 use crate::plan::{self, Fragment, Layout, Pick, PlanConfig, TablePlan};
 
 /// Proxy settings (from flags / config file).
@@ -153,7 +153,7 @@ struct Inputs {
 /// The model and fragments of one service (both families), computed during
 /// a sync and dropped after it.
 struct ServiceState {
-    model: Model,
+    model: ServiceModel,
     frags: BTreeMap<Family, Vec<Fragment>>,
 }
 
@@ -169,10 +169,10 @@ struct Installed {
     configs: BTreeMap<Family, PlanConfig>,
     model_config: ModelConfig,
     /// Every service with a Service object or an EndpointSlice naming it.
-    services: HashMap<NamespacedName, Inputs>,
+    services: BTreeMap<NamespacedName, Inputs>,
     /// EndpointSlice -> the slice as last programmed (its label names the
     /// service it counted for).
-    slices: HashMap<NamespacedName, Arc<EndpointSlice>>,
+    slices: BTreeMap<NamespacedName, Arc<EndpointSlice>>,
     shared: BTreeMap<Family, Shared>,
     health_checks: BTreeMap<u16, HealthCheck>,
     totals: Totals,
@@ -238,6 +238,46 @@ fn slice_service(slice: &EndpointSlice, key: &NamespacedName) -> NamespacedName 
     NamespacedName::new(&key.namespace, &slice.service_name)
 }
 
+/// Every service of the snapshot with its EndpointSlices, and services that
+/// only slices name, sorted by name: a merge of the (sorted) services with
+/// the slices sorted by the service they name, cheaper than hashing names.
+fn group_inputs(snap: &Snapshot) -> Vec<(NamespacedName, Inputs)> {
+    let mut slices: Vec<((&str, &str), &Arc<EndpointSlice>)> = snap
+        .endpoint_slices
+        .iter()
+        .map(|(k, s)| ((k.namespace.as_str(), &*s.service_name), s))
+        .collect();
+    slices.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut services = snap.services.iter().peekable();
+    let mut slices = slices.into_iter().peekable();
+    let mut out = Vec::with_capacity(snap.services.len());
+    loop {
+        let next_service = services
+            .peek()
+            .map(|(k, _)| (k.namespace.as_str(), k.name.as_str()));
+        let next_slice = slices.peek().map(|(k, _)| *k);
+        let key = match (next_service, next_slice) {
+            (None, None) => break,
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (Some(a), Some(b)) => a.min(b),
+        };
+        let mut inputs = Inputs::default();
+        let name = match services.next_if(|(k, _)| (k.namespace.as_str(), k.name.as_str()) == key) {
+            Some((k, svc)) => {
+                inputs.service = Some(svc.clone());
+                k.clone()
+            }
+            None => NamespacedName::new(key.0, key.1),
+        };
+        while let Some((_, s)) = slices.next_if(|(k, _)| *k == key) {
+            inputs.slices.push(s.clone());
+        }
+        out.push((name, inputs));
+    }
+    out
+}
+
 fn plan_configs(cfg: &ProxyConfig, snap: &Snapshot) -> (ModelConfig, BTreeMap<Family, PlanConfig>) {
     let (cluster, service) = effective_cidrs(cfg, snap);
     let mc = ModelConfig {
@@ -262,10 +302,10 @@ fn plan_configs(cfg: &ProxyConfig, snap: &Snapshot) -> (ModelConfig, BTreeMap<Fa
     (mc, pcs)
 }
 
-fn model_of(name: &NamespacedName, inputs: &Inputs, mc: &ModelConfig) -> Option<Model> {
+fn model_of(name: &NamespacedName, inputs: &Inputs, mc: &ModelConfig) -> Option<ServiceModel> {
     let svc = inputs.service.as_deref()?;
     let slices: Vec<&EndpointSlice> = inputs.slices.iter().map(|s| s.as_ref()).collect();
-    Some(Model::for_service(name, svc, &slices, mc))
+    Some(ServiceModel::build(name, svc, &slices, mc))
 }
 
 fn service_state(
@@ -282,7 +322,6 @@ fn service_state(
                 *fam,
                 model
                     .family(*fam)
-                    .values()
                     .map(|sp| plan::fragment(pc, sp))
                     .collect(),
             )
@@ -300,11 +339,10 @@ fn has_udp(svc: &Service) -> bool {
 
 fn totals_of(st: &ServiceState) -> Totals {
     let m = &st.model;
-    let ports = m.v4.values().chain(m.v6.values());
     Totals {
         own_chains: st.frags.values().flatten().map(|f| f.chains.len()).sum(),
-        service_ports: m.v4.len() + m.v6.len(),
-        endpoints: ports.map(|sp| sp.cluster_endpoints.len()).sum(),
+        service_ports: m.ports.len(),
+        endpoints: m.ports.iter().map(|sp| sp.cluster_endpoints.len()).sum(),
         elements: 0,
         skipped: m.skipped.len(),
     }
@@ -455,7 +493,7 @@ impl Proxier {
         let mut batch = Batch::new();
         let mut report = SyncReport::default();
         let mut encode_time = Duration::ZERO;
-        let mut conntrack_pairs: Vec<(Model, Model)> = Vec::new();
+        let mut conntrack_pairs: Vec<(ServiceModel, ServiceModel)> = Vec::new();
         let installed = match partial {
             Some((inst, ch)) => {
                 // Which services are affected: a changed Service, and the
@@ -567,13 +605,13 @@ impl Proxier {
                 for (_, old, new) in changed {
                     if let Some(o) = &old {
                         t.sub(&totals_of(o));
-                        for port in o.model.health_checks.keys() {
+                        if let Some((port, _)) = &o.model.health_check {
                             inst.health_checks.remove(port);
                         }
                     }
                     if let Some(n) = &new {
                         t.add(&totals_of(n));
-                        inst.health_checks.extend(n.model.health_checks.clone());
+                        inst.health_checks.extend(n.model.health_check.clone());
                         let before: BTreeSet<String> = old
                             .iter()
                             .flat_map(|o| o.model.skipped.iter().map(|s| s.to_string()))
@@ -601,22 +639,18 @@ impl Proxier {
                 let mut inst = Installed {
                     configs: pcs.clone(),
                     model_config: mc.clone(),
-                    services: HashMap::with_capacity(snap.services.len()),
-                    slices: HashMap::with_capacity(snap.endpoint_slices.len()),
+                    services: BTreeMap::new(),
+                    slices: snap.endpoint_slices.clone(),
                     shared: BTreeMap::new(),
                     health_checks: BTreeMap::new(),
                     totals: Totals::default(),
                 };
-                for (key, slice) in &snap.endpoint_slices {
-                    inst.index_slice(key, slice);
-                }
+                let grouped = group_inputs(snap);
                 let mut all: BTreeMap<Family, Fragment> = BTreeMap::new();
                 // New models of UDP services, for conntrack cleanup against
                 // what an earlier installation had.
-                let mut udp_models: HashMap<NamespacedName, Model> = HashMap::new();
-                for (name, svc) in &snap.services {
-                    let inputs = inst.services.entry(name.clone()).or_default();
-                    inputs.service = Some(svc.clone());
+                let mut udp_models: HashMap<NamespacedName, ServiceModel> = HashMap::new();
+                for (name, inputs) in &grouped {
                     let Some(st) = service_state(name, inputs, &mc, &pcs) else {
                         continue;
                     };
@@ -624,7 +658,7 @@ impl Proxier {
                         tracing::warn!("skipping invalid object: {sk}");
                     }
                     inst.totals.add(&totals_of(&st));
-                    inst.health_checks.extend(st.model.health_checks.clone());
+                    inst.health_checks.extend(st.model.health_check.clone());
                     for (fam, frags) in st.frags {
                         let acc = all.entry(fam).or_default();
                         let shared = inst.shared.entry(fam).or_default();
@@ -632,10 +666,11 @@ impl Proxier {
                             absorb(acc, shared, f);
                         }
                     }
-                    if self.installed.is_some() && has_udp(svc) {
+                    if self.installed.is_some() && inputs.service.as_deref().is_some_and(has_udp) {
                         udp_models.insert(name.clone(), st.model);
                     }
                 }
+                inst.services = grouped.into_iter().collect();
                 for (fam, pc) in &pcs {
                     let shared = inst.shared.entry(*fam).or_default();
                     let mut base = plan::skeleton(pc);
@@ -719,16 +754,15 @@ impl Proxier {
     /// flows that hit a service while it had no endpoints (never NATed), would
     /// keep their conntrack entry and stall clients. Delete them, for the
     /// service addresses and the NodePort alike (like kube-proxy).
-    fn clear_stale_udp(&self, old: &Model, new: &Model) -> usize {
+    fn clear_stale_udp(&self, old: &ServiceModel, new: &ServiceModel) -> usize {
         let mut filters = Vec::new();
         for fam in [Family::V4, Family::V6] {
-            let (old_ports, new_ports) = (old.family(fam), new.family(fam));
             let ipv6 = fam == Family::V6;
-            for (name, osp) in old_ports
-                .iter()
-                .filter(|(n, _)| n.protocol == Protocol::Udp)
+            for osp in old
+                .family(fam)
+                .filter(|sp| sp.name.protocol == Protocol::Udp)
             {
-                let nsp = new_ports.get(name);
+                let nsp = new.port(fam, &osp.name);
                 let still: BTreeSet<_> = nsp
                     .map(|n| {
                         n.cluster_endpoints
@@ -753,11 +787,11 @@ impl Proxier {
                     }
                 }
             }
-            for (name, nsp) in new_ports
-                .iter()
-                .filter(|(n, _)| n.protocol == Protocol::Udp)
+            for nsp in new
+                .family(fam)
+                .filter(|sp| sp.name.protocol == Protocol::Udp)
             {
-                let had = old_ports.get(name).is_some_and(|o| o.has_endpoints());
+                let had = old.port(fam, &nsp.name).is_some_and(|o| o.has_endpoints());
                 if !had && nsp.has_endpoints() {
                     for vip in nsp.service_ips() {
                         filters.push(FlowFilter::to_ip(*vip, nsp.port, None));
