@@ -13,7 +13,7 @@ use netlink_packet_core::{
 use crate::attr::AttrWriter;
 use crate::error::{Error, Result};
 use crate::expr::SetRef;
-use crate::objects::{Chain, Rule, Set, SetElem, Table};
+use crate::objects::{Chain, ElemRef, EncodeElem, Rule, Set, SetElem, Table};
 use crate::sys;
 use crate::types::Family;
 
@@ -395,6 +395,49 @@ impl Batch {
         )
     }
 
+    /// `add element` for elements given by reference (see `ElemRef`);
+    /// encodes exactly as `add_elements` of the same keys and data.
+    pub fn add_elements_ref(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        elems: &[ElemRef<'_>],
+    ) -> Result<()> {
+        let r = self.resolve(family, table, set);
+        self.elem_msgs(
+            sys::NFT_MSG_NEWSETELEM,
+            NLM_F_CREATE,
+            family,
+            table,
+            &r,
+            elems,
+            true,
+            "add element",
+        )
+    }
+
+    /// `delete element` for elements given by reference (keys only are sent).
+    pub fn delete_elements_ref(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        elems: &[ElemRef<'_>],
+    ) -> Result<()> {
+        let r = self.resolve(family, table, set);
+        self.elem_msgs(
+            sys::NFT_MSG_DELSETELEM,
+            0,
+            family,
+            table,
+            &r,
+            elems,
+            false,
+            "delete element",
+        )
+    }
+
     /// `destroy element`: ignores missing elements (Linux >= 6.3).
     pub fn destroy_elements(
         &mut self,
@@ -424,14 +467,14 @@ impl Batch {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn elem_msgs(
+    fn elem_msgs<E: EncodeElem>(
         &mut self,
         ty: u16,
         flags: u16,
         family: Family,
         table: &str,
         set: &SetRef,
-        elems: &[SetElem],
+        elems: &[E],
         with_data: bool,
         verb: &str,
     ) -> Result<()> {
@@ -724,6 +767,42 @@ mod tests {
         }
         let want: Vec<Vec<u8>> = all.iter().map(|e| e.key.clone()).collect();
         assert_eq!(keys, want);
+    }
+
+    #[test]
+    fn elements_by_reference_encode_like_set_elems() {
+        use crate::objects::ElemDataRef;
+        let owned: Vec<SetElem> = (0..3000u32)
+            .map(|i| {
+                let key = [Val::Ipv4(Ipv4Addr::from(i)), Val::Proto(6), Val::Port(80)];
+                match i % 3 {
+                    0 => SetElem::new(&key).verdict(Verdict::Goto(format!("chain-{i}"))),
+                    1 => SetElem::new(&key).data(&[Val::Ipv4(Ipv4Addr::from(i)), Val::Port(8080)]),
+                    _ => SetElem::new(&key),
+                }
+            })
+            .collect();
+        let refs: Vec<ElemRef> = owned
+            .iter()
+            .map(|e| ElemRef {
+                key: &e.key,
+                data: match &e.data {
+                    Some(crate::objects::ElemData::Verdict(v)) => Some(ElemDataRef::Verdict(v)),
+                    Some(crate::objects::ElemData::Value(b)) => Some(ElemDataRef::Value(b)),
+                    None => None,
+                },
+            })
+            .collect();
+        let (mut a, mut b) = (Batch::new(), Batch::new());
+        a.add_elements(Family::Ip, "t", "s", &owned).unwrap();
+        a.delete_elements(Family::Ip, "t", "s", &owned).unwrap();
+        b.add_elements_ref(Family::Ip, "t", "s", &refs).unwrap();
+        b.delete_elements_ref(Family::Ip, "t", "s", &refs).unwrap();
+        assert!(a.len() > 2, "the list is split: {} messages", a.len());
+        assert_eq!(a.encode(1, 0).buf, b.encode(1, 0).buf);
+        for i in 0..a.len() {
+            assert_eq!(a.describe(i), b.describe(i));
+        }
     }
 
     #[test]

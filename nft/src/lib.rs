@@ -32,11 +32,13 @@ pub use expr::{
     DynsetOp, Expr, FibResult, Field, MetaKey, NatKind, NumgenKind, PayloadBase, Reject, SetRef,
 };
 pub use objects::{
-    bridge_priority, prefix_elems, priority, Chain, ChainType, ElemData, Hook, HookPoint, Policy,
-    Rule, Set, SetElem, SetFlags, Table,
+    bridge_priority, prefix_elems, priority, Chain, ChainType, ElemData, ElemDataRef, ElemRef,
+    Hook, HookPoint, Policy, Rule, Set, SetElem, SetFlags, Table,
 };
 pub use socket::{ApplyStats, Nft};
-pub use types::{encode_concat, DataType, Family, Reg, TypeConcat, Val, Verdict};
+pub use types::{
+    encode_concat, encode_concat_into, DataType, Family, Reg, TypeConcat, Val, Verdict,
+};
 
 /// Encodes an nft comment as element userdata (what `SetElem::comment` stores).
 pub fn comment_userdata(text: &str) -> Vec<u8> {

@@ -538,6 +538,56 @@ impl SetElem {
     }
 }
 
+/// A set or map element by reference, with its key (and map data) already
+/// encoded as `SetElem::new` / `SetElem::data` would (`encode_concat_into`
+/// can put many into one buffer). `Batch::add_elements_ref` writes these
+/// straight into the message: no `SetElem`, and no allocation, per element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElemRef<'a> {
+    pub key: &'a [u8],
+    pub data: Option<ElemDataRef<'a>>,
+}
+
+/// Map data of an `ElemRef`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElemDataRef<'a> {
+    Verdict(&'a Verdict),
+    Value(&'a [u8]),
+}
+
+/// An element as one entry of an element list message.
+pub(crate) trait EncodeElem {
+    fn encode(&self, w: &mut AttrWriter, index: u16, with_data: bool) -> Result<()>;
+}
+
+impl EncodeElem for SetElem {
+    fn encode(&self, w: &mut AttrWriter, index: u16, with_data: bool) -> Result<()> {
+        SetElem::encode(self, w, index, with_data)
+    }
+}
+
+impl EncodeElem for ElemRef<'_> {
+    /// Like `SetElem::encode` of the same key and data.
+    fn encode(&self, w: &mut AttrWriter, index: u16, with_data: bool) -> Result<()> {
+        let e = w.nest(index);
+        let k = w.nest(sys::NFTA_SET_ELEM_KEY);
+        w.put(sys::NFTA_DATA_VALUE, self.key);
+        w.end(k)?;
+        if with_data {
+            match self.data {
+                Some(ElemDataRef::Verdict(v)) => put_verdict(w, sys::NFTA_SET_ELEM_DATA, v)?,
+                Some(ElemDataRef::Value(b)) => {
+                    let d = w.nest(sys::NFTA_SET_ELEM_DATA);
+                    w.put(sys::NFTA_DATA_VALUE, b);
+                    w.end(d)?;
+                }
+                None => {}
+            }
+        }
+        w.end(e)
+    }
+}
+
 /// A rule: a list of expressions in a chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {

@@ -335,19 +335,26 @@ impl Val {
     }
 
     pub fn bytes(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        self.write_to(&mut b);
+        b
+    }
+
+    /// Appends the encoding `bytes` returns.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
         match self {
-            Val::Ipv4(a) => a.octets().to_vec(),
-            Val::Ipv6(a) => a.octets().to_vec(),
-            Val::Proto(p) | Val::U8(p) => vec![*p],
-            Val::Port(p) => p.to_be_bytes().to_vec(),
-            Val::U32(v) => v.to_ne_bytes().to_vec(),
+            Val::Ipv4(a) => out.extend_from_slice(&a.octets()),
+            Val::Ipv6(a) => out.extend_from_slice(&a.octets()),
+            Val::Proto(p) | Val::U8(p) => out.push(*p),
+            Val::Port(p) => out.extend_from_slice(&p.to_be_bytes()),
+            Val::U32(v) => out.extend_from_slice(&v.to_ne_bytes()),
             Val::IfName(n) => {
-                let mut b = n.as_bytes().to_vec();
-                b.resize(16, 0);
-                b
+                let at = out.len();
+                out.extend_from_slice(n.as_bytes());
+                out.resize(at + 16, 0);
             }
-            Val::Ether(m) => m.to_vec(),
-            Val::Bytes(b) => b.clone(),
+            Val::Ether(m) => out.extend_from_slice(m),
+            Val::Bytes(b) => out.extend_from_slice(b),
         }
     }
 }
@@ -373,15 +380,22 @@ impl From<IpAddr> for Val {
 /// Encodes a key or data value: one value as is, a concatenation with every
 /// field padded to 4 bytes (one 32-bit register each).
 pub fn encode_concat(vals: &[Val]) -> Vec<u8> {
-    if vals.len() == 1 {
-        return vals[0].bytes();
-    }
     let mut out = Vec::with_capacity(vals.len() * 4);
-    for v in vals {
-        out.extend_from_slice(&v.bytes());
-        out.resize(round4(out.len()), 0);
-    }
+    encode_concat_into(vals, &mut out);
     out
+}
+
+/// Appends what `encode_concat` returns (padding relative to where it starts).
+pub fn encode_concat_into(vals: &[Val], out: &mut Vec<u8>) {
+    let start = out.len();
+    if let [one] = vals {
+        one.write_to(out);
+        return;
+    }
+    for v in vals {
+        v.write_to(out);
+        out.resize(start + round4(out.len() - start), 0);
+    }
 }
 
 /// An nf_tables register. Data registers are addressed in 32-bit words;
@@ -460,5 +474,9 @@ mod tests {
         ]);
         assert_eq!(k, vec![10, 96, 0, 10, 6, 0, 0, 0, 0, 53, 0, 0]);
         assert_eq!(encode_concat(&[Val::Port(80)]), vec![0, 80]);
+        // Appending pads relative to where the value starts.
+        let mut buf = vec![0xff; 3];
+        encode_concat_into(&[Val::Proto(17), Val::Port(53)], &mut buf);
+        assert_eq!(buf, vec![0xff, 0xff, 0xff, 17, 0, 0, 0, 0, 53, 0, 0]);
     }
 }
