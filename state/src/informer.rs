@@ -243,25 +243,23 @@ enum Update {
     Remove(ObjectKey),
 }
 
-/// Decode a stored object for the snapshot; `None` when it is malformed
-/// (logged; the snapshot keeps what it had).
-fn decode(o: &StoredObject) -> Option<Update> {
+/// Decode a stored object for the snapshot; `Err` with its key when it is
+/// malformed (logged).
+fn decode(o: StoredObject) -> Result<Update, ObjectKey> {
+    let malformed = |o: StoredObject, e: &dyn fmt::Display| {
+        tracing::warn!(key = %o.key, revision = o.mod_revision, error = %e, "skipping malformed object");
+        Err(o.key)
+    };
     match o.decode() {
         Ok(t) => match Entry::from_typed(t) {
-            Ok(e) => Some(Update::Put(o.key.clone(), e)),
-            Err(e) => {
-                tracing::warn!(key = %o.key, revision = o.mod_revision, error = %e, "skipping malformed object");
-                None
-            }
+            Ok(e) => Ok(Update::Put(o.key, e)),
+            Err(e) => malformed(o, &e),
         },
         Err(e @ DecodeError::Ignored { .. }) => {
             tracing::info!(key = %o.key, revision = o.mod_revision, reason = %e, "leaving object out of the snapshot");
-            Some(Update::Remove(o.key.clone()))
+            Ok(Update::Remove(o.key))
         }
-        Err(e) => {
-            tracing::warn!(key = %o.key, revision = o.mod_revision, error = %e, "skipping malformed object");
-            None
-        }
+        Err(e) => malformed(o, &e),
     }
 }
 
@@ -532,11 +530,11 @@ async fn run_kind(store: Arc<dyn Store>, kind: Kind, shared: Arc<Shared>) {
                     if unchanged {
                         continue;
                     }
-                    match decode(&o) {
-                        Some(u) => updates.push(u),
+                    match decode(o) {
+                        Ok(u) => updates.push(u),
                         // Malformed now: drop what the snapshot had too,
                         // the list is the truth.
-                        None => updates.push(Update::Remove(o.key)),
+                        Err(key) => updates.push(Update::Remove(key)),
                     }
                 }
             };
@@ -607,7 +605,7 @@ async fn run_kind(store: Arc<dyn Store>, kind: Kind, shared: Arc<Shared>) {
                         match ev {
                             WatchEvent::Put(o) => {
                                 revs.insert(o.key.clone(), o.mod_revision);
-                                if let Some(u) = decode(&o) {
+                                if let Ok(u) = decode(o) {
                                     updates.push(u);
                                 }
                             }

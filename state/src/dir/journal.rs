@@ -128,6 +128,14 @@ impl Record {
     }
 }
 
+/// The revision of a `P` or `D` line, read without parsing the rest.
+fn change_rev(line: &str) -> Option<u64> {
+    let rest = line
+        .strip_prefix("P ")
+        .or_else(|| line.strip_prefix("D "))?;
+    rest.split(' ').next()?.parse().ok()
+}
+
 pub fn kind_from_plural(s: &str) -> Option<Kind> {
     Kind::ALL.into_iter().find(|k| k.plural() == s)
 }
@@ -164,6 +172,13 @@ pub struct ReadOutcome {
 
 impl Reader {
     pub fn read_new(&mut self, path: &Path) -> io::Result<ReadOutcome> {
+        self.read_new_after(path, 0)
+    }
+
+    /// `read_new` without the `P` and `D` records of revisions up to
+    /// `seen`, which are skipped unparsed: a watcher starting at the end of
+    /// a journal of tens of thousands of records needs none of them.
+    pub fn read_new_after(&mut self, path: &Path, seen: u64) -> io::Result<ReadOutcome> {
         let ino = std::fs::metadata(path)?.ino();
         let mut reset = false;
         if self.file.is_none() || ino != self.ino {
@@ -184,7 +199,7 @@ impl Reader {
         let mut records = Vec::new();
         let mut bad_lines = Vec::new();
         for line in String::from_utf8_lossy(&buf).lines() {
-            if line.is_empty() {
+            if line.is_empty() || change_rev(line).is_some_and(|r| r <= seen) {
                 continue;
             }
             match Record::parse(line) {
@@ -291,6 +306,29 @@ mod tests {
         let out = r.read_new(&path).unwrap();
         assert!(out.reset);
         assert_eq!(out.records, vec![d1]);
+    }
+
+    #[test]
+    fn reader_skips_records_already_seen_but_not_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let h = Record::Header {
+            horizon: 0,
+            current: 1,
+        };
+        let recs: Vec<Record> = (2..6)
+            .map(|rev| Record::Delete {
+                rev,
+                key: ObjectKey::new(Kind::Node, None, &format!("n{rev}")),
+            })
+            .collect();
+        let text: String = std::iter::once(&h)
+            .chain(&recs)
+            .map(Record::to_line)
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        let out = Reader::default().read_new_after(&path, 3).unwrap();
+        assert_eq!(out.records, [h, recs[2].clone(), recs[3].clone()]);
     }
 
     #[test]

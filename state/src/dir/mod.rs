@@ -25,7 +25,7 @@ mod lease;
 mod watch;
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::io::AsRawFd;
@@ -72,12 +72,17 @@ pub struct DirStore {
     core: Arc<Core>,
 }
 
+/// Object file extensions in order of precedence: `a.yaml` wins over
+/// `a.yml` and `a.json`.
+const OBJECT_EXTS: [&str; 3] = ["yaml", "yml", "json"];
+
 /// Result of comparing a kind's files with the journal.
 #[derive(Default)]
 struct KindScan {
     changed: Vec<StoredObject>,
-    /// (key, path, revision, stat) of files the journal already describes.
-    unchanged: Vec<(ObjectKey, PathBuf, u64, FileStat)>,
+    /// (key, index in `OBJECT_EXTS`, revision, stat) of files the journal
+    /// already describes.
+    unchanged: Vec<(ObjectKey, usize, u64, FileStat)>,
 }
 
 struct Entry {
@@ -242,10 +247,11 @@ impl Core {
         };
         let mut batch = scan.changed;
         let mut redo = Vec::new();
-        for (key, path, mod_revision, stat) in scan.unchanged {
+        for (key, ext, mod_revision, stat) in scan.unchanged {
             if batch.len() >= LIST_BATCH && !emit(std::mem::take(&mut batch)) {
                 return Ok(rev);
             }
+            let path = self.object_path(&key, ext);
             let read = File::open(&path).and_then(|mut f| {
                 let meta = f.metadata()?;
                 let mut data = Vec::with_capacity(meta.len() as usize);
@@ -292,10 +298,16 @@ impl Core {
         }
     }
 
+    /// The file of `key` with extension `OBJECT_EXTS[ext]`.
+    fn object_path(&self, key: &ObjectKey, ext: usize) -> PathBuf {
+        self.dir_of(key)
+            .join(format!("{}.{}", key.name, OBJECT_EXTS[ext]))
+    }
+
     /// The file holding `key`, if any (`.yaml` wins over `.yml` and `.json`).
     fn find_file(&self, key: &ObjectKey) -> Option<(PathBuf, fs::Metadata)> {
         let dir = self.dir_of(key);
-        for ext in ["yaml", "yml", "json"] {
+        for ext in OBJECT_EXTS {
             let p = dir.join(format!("{}.{ext}", key.name));
             if let Ok(m) = fs::metadata(&p) {
                 if m.is_file() {
@@ -534,7 +546,7 @@ impl Locked<'_> {
                 }
                 Ok(None)
             }
-            Some((path, meta)) => Ok(self.reconcile_file(key, &path, &meta)?),
+            Some((path, meta)) => Ok(self.reconcile_file(key, &path, FileStat::of(&meta))?),
         }
     }
 
@@ -544,14 +556,13 @@ impl Locked<'_> {
         &mut self,
         key: &ObjectKey,
         path: &Path,
-        meta: &fs::Metadata,
+        stat: FileStat,
     ) -> StoreResult<Option<StoredObject>> {
         let data = match fs::read(path) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("reading", path, e)),
         };
-        let stat = FileStat::of(meta);
         let hash = journal::fnv1a(&data);
         let raw = match decode_file(key, data) {
             Ok(v) => v,
@@ -591,68 +602,55 @@ impl Locked<'_> {
     /// unchanged files, which `list` reads after releasing the lock.
     fn reconcile_kind(&mut self, kind: Kind) -> StoreResult<KindScan> {
         let kdir = self.core.kind_dir(kind);
-        let dirs: Vec<(Option<String>, PathBuf)> = if kind.namespaced() {
+        let namespaces: Vec<Option<String>> = if kind.namespaced() {
             let mut v = Vec::new();
-            for e in read_dir(&kdir)? {
-                if e.1.is_dir() {
-                    if let Some(ns) = e.0.file_name().and_then(|n| n.to_str()) {
+            for (path, meta) in read_dir(&kdir)? {
+                if meta.is_dir() {
+                    if let Some(ns) = path.file_name().and_then(|n| n.to_str()) {
                         if check_object_name(ns).is_ok() {
-                            v.push((Some(ns.to_string()), e.0.clone()));
+                            v.push(Some(ns.to_string()));
                         }
                     }
                 }
             }
             v
         } else {
-            vec![(None, kdir)]
+            vec![None]
         };
-        // key -> (extension rank, path, metadata): `.yaml` wins over `.yml`
-        // and `.json`, as in `find_file`.
-        let mut files: HashMap<ObjectKey, (usize, PathBuf, fs::Metadata)> = HashMap::new();
-        for (ns, dir) in dirs {
-            for (path, meta) in read_dir(&dir)? {
-                if !meta.is_file() {
-                    continue;
-                }
-                let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
-                    continue;
-                };
-                let Some(name) = object_file_name(file) else {
-                    continue;
-                };
-                let rank = ["yaml", "yml", "json"]
-                    .iter()
-                    .position(|e| file.ends_with(e))
-                    .unwrap_or(3);
-                let key = ObjectKey::new(kind, ns.as_deref(), name);
+        let mut files: HashMap<ObjectKey, (usize, FileStat)> = HashMap::new();
+        for ns in namespaces {
+            let dir = match &ns {
+                Some(ns) => kdir.join(ns),
+                None => kdir.clone(),
+            };
+            for (name, ext, stat) in object_files(&dir)? {
+                let key = ObjectKey::new(kind, ns.as_deref(), &name);
                 match files.get(&key) {
-                    Some((r, _, _)) if *r <= rank => {}
+                    Some((e, _)) if *e <= ext => {}
                     _ => {
-                        files.insert(key, (rank, path, meta));
+                        files.insert(key, (ext, stat));
                     }
                 }
-            }
-        }
-        let mut scan = KindScan::default();
-        let mut seen = HashSet::with_capacity(files.len());
-        for (key, (_, path, meta)) in files {
-            seen.insert(key.clone());
-            let stat = FileStat::of(&meta);
-            if let Some(e) = self.st.live.get(&key).filter(|e| e.stat == stat) {
-                scan.unchanged.push((key, path, e.rev, stat));
-                continue;
-            }
-            if let Some(o) = self.reconcile_file(&key, &path, &meta)? {
-                scan.changed.push(o);
             }
         }
         let gone: Vec<ObjectKey> = self
             .st
             .live
             .keys()
-            .filter(|k| k.kind == kind && !seen.contains(*k))
+            .filter(|k| k.kind == kind && !files.contains_key(*k))
             .cloned()
             .collect();
+        let mut scan = KindScan::default();
+        for (key, (ext, stat)) in files {
+            if let Some(e) = self.st.live.get(&key).filter(|e| e.stat == stat) {
+                scan.unchanged.push((key, ext, e.rev, stat));
+                continue;
+            }
+            let path = self.core.object_path(&key, ext);
+            if let Some(o) = self.reconcile_file(&key, &path, stat)? {
+                scan.changed.push(o);
+            }
+        }
         for key in gone {
             let rev = self.next_rev();
             self.append(Record::Delete { rev, key })?;
@@ -735,6 +733,45 @@ fn read_dir(dir: &Path) -> StoreResult<Vec<(PathBuf, fs::Metadata)>> {
         // metadata follows symlinks, so a symlinked object file works.
         if let Ok(m) = fs::metadata(e.path()) {
             v.push((e.path(), m));
+        }
+    }
+    Ok(v)
+}
+
+/// The object files in `dir`: (object name, index in `OBJECT_EXTS`, stat).
+/// Other names (hidden, temp and editor files) are skipped without a stat,
+/// and regular files are stat'ed relative to the directory, which saves a
+/// path walk per file on a list of thousands.
+fn object_files(dir: &Path) -> StoreResult<Vec<(String, usize, FileStat)>> {
+    let mut v = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(v),
+        Err(e) => return Err(io_err("listing", dir, e)),
+    };
+    for e in rd {
+        let e = e.map_err(|e| io_err("listing", dir, e))?;
+        let file = e.file_name();
+        let Some(file) = file.to_str() else {
+            continue;
+        };
+        let Some(name) = object_file_name(file) else {
+            continue;
+        };
+        let ext = OBJECT_EXTS
+            .iter()
+            .position(|x| file.ends_with(x))
+            .expect("object_file_name accepts only these extensions");
+        let meta = match e.file_type() {
+            Ok(t) if t.is_file() => e.metadata(),
+            // A symlinked object file works: its target is what counts.
+            Ok(t) if t.is_symlink() => fs::metadata(e.path()),
+            _ => continue,
+        };
+        match meta {
+            Ok(m) if m.is_file() => v.push((name.to_string(), ext, FileStat::of(&m))),
+            // Removed since listed, or a dangling link: not an object.
+            _ => {}
         }
     }
     Ok(v)

@@ -222,7 +222,7 @@ impl Watcher {
     /// receiver is gone or the watch had to end.
     fn forward_journal(&mut self, tx: &Tx) -> bool {
         let path = self.core.journal_path();
-        let out = match self.reader.read_new(&path) {
+        let out = match self.reader.read_new_after(&path, self.pos) {
             Ok(o) => o,
             Err(e) => {
                 let _ = tx.blocking_send(Err(StoreError::Unreachable {
