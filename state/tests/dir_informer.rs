@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use podnet_state::compact::{Protocol, TargetPort};
+use podnet_state::compact::{Protocol, ServiceType, TargetPort};
 use podnet_state::dir::{DirOptions, DirStore};
 use podnet_state::{
     Change, ChangeSet, ChangeType, Informer, Kind, NamespacedName, ObjectKey, Store, Subscription,
@@ -308,4 +308,129 @@ async fn informer_keeps_snapshot_through_an_outage_and_catches_up() {
     let snap = inf.snapshot();
     assert_eq!(port(&snap, "a"), 2);
     assert_eq!(port(&snap, "b"), 3);
+}
+
+/// A list of more objects than one batch, with files written by hand among
+/// them: the store's own files, JSON naming another object (a copy), YAML,
+/// invalid JSON, an invalid Service and a slice of no Service.
+#[tokio::test]
+async fn informer_lists_in_batches_and_leaves_out_what_it_cannot_use() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Arc::new(DirStore::open(d.path()).unwrap());
+    for i in 0..700u16 {
+        s.put(
+            &skey(&format!("s{i:03}")),
+            &svc(&format!("s{i:03}"), 1000 + i),
+        )
+        .await
+        .unwrap();
+    }
+    let ek = |n: &str| ObjectKey::new(Kind::EndpointSlice, Some("default"), n);
+    s.put(&ek("s000-1"), &eps("s000-1", Some("s000")))
+        .await
+        .unwrap();
+    let sdir = d.path().join("services/default");
+    let edir = d.path().join("endpointslices/default");
+    // Copied from s001: its metadata names s001, its path "copied".
+    std::fs::copy(sdir.join("s001.yaml"), sdir.join("copied.json")).unwrap();
+    std::fs::write(
+        sdir.join("yaml.yaml"),
+        "kind: Service\nmetadata: {name: whatever}\nspec:\n  ports:\n  - {port: 53, protocol: UDP, targetPort: dns}\n",
+    )
+    .unwrap();
+    std::fs::write(sdir.join("truncated.json"), "{\"metadata\": {\"name\": ").unwrap();
+    std::fs::write(
+        sdir.join("badport.json"),
+        r#"{"metadata": {"name": "badport", "namespace": "default"}, "spec": {"ports": [{"port": 0}]}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        edir.join("orphan.json"),
+        r#"{"metadata": {"name": "orphan", "namespace": "default"}, "addressType": "IPv4", "endpoints": []}"#,
+    )
+    .unwrap();
+
+    let inf = Informer::start(s.clone(), &[Kind::Service, Kind::EndpointSlice]);
+    let mut sub = inf.subscribe();
+    let cs = next(&mut sub).await;
+    let snap = &cs.snapshot;
+    assert_eq!(snap.services.len(), 702, "700 + copied + yaml");
+    for n in ["truncated", "badport"] {
+        assert!(!snap.services.contains_key(&nn(n)), "{n}");
+    }
+    assert_eq!(port(snap, "s699"), 1699);
+    let copied = &snap.services[&nn("copied")];
+    assert_eq!(&*copied.metadata.name, "copied");
+    assert_eq!(copied.spec.ports[0].port, 1001);
+    let y = &snap.services[&nn("yaml")];
+    assert_eq!(&*y.metadata.name, "yaml");
+    assert_eq!(y.spec.ports[0].protocol, Protocol::Udp);
+    assert_eq!(y.spec.ports[0].target_port, TargetPort::Name("dns".into()));
+    assert_eq!(
+        snap.endpoint_slices.keys().cloned().collect::<Vec<_>>(),
+        [nn("s000-1")]
+    );
+    let slice = &snap.endpoint_slices[&nn("s000-1")];
+    assert_eq!(&*slice.service_name, "s000");
+    assert_eq!(&*slice.endpoints[0].addresses, &["10.244.0.5".into()]);
+    assert!(slice.endpoints[0].ready);
+}
+
+/// Files edited by hand while the informer runs show up in the compact
+/// snapshot: rewritten JSON, YAML, a slice that loses its Service label, and
+/// a file broken by an edit (the last good version stays).
+#[tokio::test]
+async fn hand_edits_show_in_the_compact_snapshot() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Arc::new(DirStore::open(d.path()).unwrap());
+    s.put(&skey("web"), &svc("web", 80)).await.unwrap();
+    s.put(&skey("dns"), &svc("dns", 53)).await.unwrap();
+    let ek = ObjectKey::new(Kind::EndpointSlice, Some("default"), "web-1");
+    s.put(&ek, &eps("web-1", Some("web"))).await.unwrap();
+    let inf = Informer::start(s.clone(), &[Kind::Service, Kind::EndpointSlice]);
+    let mut sub = inf.subscribe();
+    next(&mut sub).await;
+    let sdir = d.path().join("services/default");
+
+    let web = json!({"apiVersion": "v1", "kind": "Service",
+                     "metadata": {"name": "web", "namespace": "default", "labels": {"tier": "front"}},
+                     "spec": {"type": "NodePort", "ports": [{"name": "http", "port": 8080, "targetPort": "http", "nodePort": 30080}]}});
+    std::fs::write(
+        sdir.join("web.yaml"),
+        serde_json::to_vec_pretty(&web).unwrap(),
+    )
+    .unwrap();
+    let cs = next(&mut sub).await;
+    assert_eq!(changes(&cs), [("web".into(), ChangeType::Modified)]);
+    let w = &cs.snapshot.services[&nn("web")];
+    assert_eq!(w.metadata.labels.get("tier"), Some("front"));
+    assert_eq!(w.spec.type_, ServiceType::NodePort);
+    assert_eq!(w.spec.ports[0].port, 8080);
+    assert_eq!(w.spec.ports[0].node_port, Some(30080));
+    assert_eq!(w.spec.ports[0].target_port, TargetPort::Name("http".into()));
+
+    std::fs::write(
+        sdir.join("dns.yaml"),
+        "metadata: {name: dns}\nspec:\n  clusterIP: None\n  ports: [{port: 53, protocol: UDP}]\n",
+    )
+    .unwrap();
+    let cs = next(&mut sub).await;
+    assert_eq!(changes(&cs), [("dns".into(), ChangeType::Modified)]);
+    let dns = &cs.snapshot.services[&nn("dns")];
+    assert!(dns.is_headless());
+    assert_eq!(dns.spec.ports[0].protocol, Protocol::Udp);
+
+    let slice = d.path().join("endpointslices/default/web-1.yaml");
+    std::fs::write(&slice, serde_json::to_vec(&eps("web-1", None)).unwrap()).unwrap();
+    let cs = next(&mut sub).await;
+    assert_eq!(changes(&cs), [("web-1".into(), ChangeType::Deleted)]);
+    assert!(cs.snapshot.endpoint_slices.is_empty());
+
+    // Broken by an edit, then a valid change elsewhere: web keeps its last
+    // good version.
+    std::fs::write(sdir.join("web.yaml"), "{\"metadata\": ").unwrap();
+    s.put(&skey("after"), &svc("after", 1)).await.unwrap();
+    let cs = next(&mut sub).await;
+    assert_eq!(changes(&cs), [("after".into(), ChangeType::Added)]);
+    assert_eq!(port(&cs.snapshot, "web"), 8080);
 }

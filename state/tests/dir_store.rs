@@ -430,3 +430,31 @@ async fn dir_concurrent_writers_from_several_processes() {
     assert_eq!(objs.len(), total);
     assert_eq!(rev, base + total as u64);
 }
+
+/// `list_in_batches` hands over what `list` returns, in several batches,
+/// and keeps each file's text as written when it agrees with its path.
+#[tokio::test]
+async fn dir_list_in_batches_matches_list() {
+    let d = tempfile::tempdir().unwrap();
+    let s = DirStore::open(d.path()).unwrap();
+    for i in 0..600 {
+        s.put(&key(&format!("s{i:03}")), &svc(&format!("s{i:03}"), 80))
+            .await
+            .unwrap();
+    }
+    std::fs::write(d.path().join("services/default/hand.json"), "[1, 2]").unwrap();
+    let (list, rev) = s.list(Kind::Service).await.unwrap();
+    let mut batches = Vec::new();
+    let brev = s
+        .list_in_batches(Kind::Service, &mut |b| batches.push(b))
+        .await
+        .unwrap();
+    assert_eq!(brev, rev);
+    assert!(batches.len() > 1, "{} batch(es)", batches.len());
+    let mut got: Vec<_> = batches.into_iter().flatten().collect();
+    got.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(got, list);
+    assert_eq!(got.len(), 600, "the array file is no object");
+    let file = std::fs::read_to_string(d.path().join("services/default/s042.yaml")).unwrap();
+    assert_eq!(got[42].json(), file.trim());
+}

@@ -99,6 +99,15 @@ async fn list_is_per_kind_paged_and_skips_foreign_keys() {
     assert_eq!(names.len(), 1203);
     assert!(names.contains("s0000") && names.contains("s1202"));
     assert!(list.iter().all(|o| o.key.kind == Kind::Service));
+    // The same, page by page.
+    let mut pages = Vec::new();
+    let pages_rev = store
+        .list_in_batches(Kind::Service, &mut |p| pages.push(p))
+        .await
+        .unwrap();
+    assert_eq!(pages_rev, list_rev);
+    assert_eq!(pages.len(), 2, "pages of 1000");
+    assert_eq!(pages.concat(), list);
     let (pods, _) = store.list(Kind::Pod).await.unwrap();
     assert_eq!(pods.len(), 1);
     assert_eq!(store.list(Kind::Node).await.unwrap().0, vec![]);

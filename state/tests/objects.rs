@@ -1,7 +1,7 @@
 //! Parsing and decoding of real `kubectl get -o yaml` output, defaults and validation.
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use podnet_state::object::{decode, ClusterConfig, DecodeError, TypedObject};
+use podnet_state::object::{decode, decode_json, ClusterConfig, DecodeError, TypedObject};
 use podnet_state::parse::{parse_objects, ParseError};
 use podnet_state::{Kind, ObjectKey};
 
@@ -368,4 +368,112 @@ fn cluster_config_validation() {
         cc(serde_json::json!({"clusterCIDRs": ["10.244.0.0/16"], "serviceCIDRs": ["fd00::/112"]})),
         Ok(())
     );
+}
+
+/// The same result, except that an error read from text may add where in
+/// the text it is (`... at line 1 column 49`).
+fn assert_same_decode(
+    text: Result<TypedObject, DecodeError>,
+    tree: Result<TypedObject, DecodeError>,
+    what: &str,
+) {
+    match (&text, &tree) {
+        (
+            Err(DecodeError::Invalid {
+                kind: k1,
+                name: n1,
+                reason: r1,
+            }),
+            Err(DecodeError::Invalid {
+                kind: k2,
+                name: n2,
+                reason: r2,
+            }),
+        ) => assert!(
+            k1 == k2 && n1 == n2 && r1.starts_with(r2.as_str()),
+            "{what}: {text:?} vs {tree:?}"
+        ),
+        _ => assert_eq!(text, tree, "{what}"),
+    }
+}
+
+/// `decode_json` (what the informer uses on stored text) gives what
+/// `decode` gives on the tree: the same objects with the same defaults, and
+/// the same errors in the same order of precedence.
+#[test]
+fn decode_json_agrees_with_decode() {
+    let mut objs = Vec::new();
+    for f in ["services.yaml", "endpointslices.yaml", "cluster.yaml"] {
+        objs.extend(parse_objects(&data(f), f).unwrap());
+    }
+    assert!(objs.len() > 10);
+    for o in &objs {
+        let text = serde_json::to_string(&o.value).unwrap();
+        assert_same_decode(
+            decode_json(o.key.kind, &text),
+            decode(o.key.kind, &o.value),
+            &o.key.to_string(),
+        );
+    }
+    let cases = [
+        (
+            Kind::Service,
+            r#"{"metadata": {"name": "a"}, "spec": {"ports": [{"port": 99999}]}}"#,
+        ),
+        (
+            Kind::Service,
+            r#"{"apiVersion": "v2", "metadata": {"name": "a"}}"#,
+        ),
+        (Kind::Service, r#"{"apiVersion": "v2", "metadata": {}}"#),
+        (
+            Kind::Service,
+            r#"{"metadata": {"name": "a/b"}, "spec": {"ports": "x"}}"#,
+        ),
+        (
+            Kind::Service,
+            r#"{"metadata": {"name": "a"}, "spec": {"ports": "x"}}"#,
+        ),
+        (
+            Kind::EndpointSlice,
+            r#"{"metadata": {"name": "e"}, "addressType": "IPv4", "endpoints": []}"#,
+        ),
+        (
+            Kind::EndpointSlice,
+            r#"{"metadata": {"name": "e"}, "addressType": "AppleTalk", "endpoints": []}"#,
+        ),
+        (
+            Kind::ClusterConfig,
+            r#"{"apiVersion": "podnet.dev/v2", "metadata": {"name": "default"}, "spec": {"clusterCIDRs": ["10.244.0.0/16"]}}"#,
+        ),
+        (
+            Kind::ClusterConfig,
+            r#"{"metadata": {"name": "default"}, "spec": {"clusterCIDRs": []}}"#,
+        ),
+        (Kind::Node, r#"{"metadata": {"name": "n1"}}"#),
+    ];
+    for (kind, text) in cases {
+        let tree: serde_json::Value = serde_json::from_str(text).unwrap();
+        let want = decode(kind, &tree);
+        assert_same_decode(decode_json(kind, text), want.clone(), text);
+        // Every case but the Node is one an informer must leave out.
+        assert_eq!(want.is_ok(), kind == Kind::Node, "{text}: {want:?}");
+    }
+    assert!(matches!(
+        decode(
+            Kind::EndpointSlice,
+            &serde_json::from_str(cases[5].1).unwrap()
+        ),
+        Err(DecodeError::Ignored { .. })
+    ));
+    let e = decode_json(Kind::Service, cases[1].1).unwrap_err();
+    assert!(
+        e.to_string().contains("apiVersion \"v2\" is not supported"),
+        "{e}"
+    );
+    let e = decode_json(Kind::Service, cases[2].1).unwrap_err();
+    assert!(
+        e.to_string().contains("metadata.name: name is empty"),
+        "{e}"
+    );
+    assert!(decode_json(Kind::Service, "{not json").is_err());
 }
