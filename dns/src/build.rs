@@ -12,8 +12,8 @@ use podnet_state::compact::{EndpointSlice, Pod, Protocol, Service, ServiceType};
 use podnet_state::{ChangeSet, Kind, NamespacedName, Snapshot};
 
 use crate::index::{
-    dashed_ip, EndpointRecords, Index, NamespaceEntry, ServiceEntry, ServiceKind, SrvName,
-    SrvRecords, ZoneConfig,
+    dashed_ip, EndpointRecords, Endpoints, Index, NamespaceEntry, ServiceEntry, ServiceKind,
+    SrvName, SrvRecords, ZoneConfig,
 };
 use crate::wire::{
     self, RrList, PTR_TO_QNAME, TYPE_CNAME, TYPE_NS, TYPE_PTR, TYPE_SOA, TYPE_SRV, TYPE_TXT,
@@ -64,9 +64,8 @@ pub fn service_entry(
         return Some(BuiltService {
             entry: ServiceEntry {
                 kind: ServiceKind::External { cname, target },
-                endpoints: HashMap::new(),
+                endpoints: Endpoints::default(),
                 srv: Box::default(),
-                ptr_ips: Box::default(),
             },
             ptrs: Vec::new(),
         });
@@ -225,15 +224,11 @@ pub fn service_entry(
         e.a.shrink();
         e.aaaa.shrink();
     }
-    let mut ptr_ips: Vec<IpAddr> = ptrs.iter().map(|(ip, _)| *ip).collect();
-    ptr_ips.sort();
-    ptr_ips.dedup();
     Some(BuiltService {
         entry: ServiceEntry {
             kind,
-            endpoints,
+            endpoints: endpoints.into(),
             srv: srv.into_boxed_slice(),
-            ptr_ips: ptr_ips.into_boxed_slice(),
         },
         ptrs,
     })
@@ -540,7 +535,7 @@ impl IndexBuilder {
             let old_ips = entry
                 .services
                 .get(&lname)
-                .map(|e| e.ptr_ips.clone())
+                .map(|e| e.ptr_ips())
                 .unwrap_or_default();
             let new_ptrs = match built {
                 Some(b) => {

@@ -101,15 +101,64 @@ pub struct SrvName {
     pub records: SrvRecords,
 }
 
+/// Endpoint names (hostname or dashed IP, lowercase labels) and their
+/// records, sorted by label: 16 bytes for the many services without
+/// endpoints, where a `HashMap` takes 48.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Endpoints(Box<[(Box<[u8]>, EndpointRecords)]>);
+
+impl Endpoints {
+    pub fn get(&self, label: &[u8]) -> Option<&EndpointRecords> {
+        self.0
+            .binary_search_by(|(l, _)| (**l).cmp(label))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &EndpointRecords)> {
+        self.0.iter().map(|(l, r)| (&**l, r))
+    }
+}
+
+impl From<HashMap<Box<[u8]>, EndpointRecords>> for Endpoints {
+    fn from(m: HashMap<Box<[u8]>, EndpointRecords>) -> Endpoints {
+        let mut v: Vec<_> = m.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        Endpoints(v.into_boxed_slice())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceEntry {
     pub kind: ServiceKind,
-    /// Endpoint names (hostname or dashed IP), lowercase label -> records.
-    pub endpoints: HashMap<Box<[u8]>, EndpointRecords>,
+    pub endpoints: Endpoints,
     /// Named ports (a service has few: a slice beats a map in memory and time).
     pub srv: Box<[SrvName]>,
-    /// Addresses this service has PTR records for.
-    pub ptr_ips: Box<[IpAddr]>,
+}
+
+impl ServiceEntry {
+    /// The addresses this service has PTR records for: its cluster IPs and
+    /// its endpoints' addresses (derived rather than stored: 10k services
+    /// would keep 10k more allocations).
+    pub fn ptr_ips(&self) -> Vec<IpAddr> {
+        let mut lists: Vec<&RrList> = Vec::new();
+        if let ServiceKind::Cluster { a, aaaa } = &self.kind {
+            lists.extend([a, aaaa]);
+        }
+        for (_, e) in self.endpoints.iter() {
+            lists.extend([&e.a, &e.aaaa]);
+        }
+        let mut ips: Vec<IpAddr> = lists
+            .iter()
+            .flat_map(|l| l.records())
+            .filter_map(|r| match *wire::record_rdata(r) {
+                [a, b, c, d] => Some(IpAddr::from([a, b, c, d])),
+                ref v6 => <[u8; 16]>::try_from(v6).ok().map(IpAddr::from),
+            })
+            .collect();
+        ips.sort();
+        ips.dedup();
+        ips
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -328,7 +377,7 @@ impl Index {
                 }
                 ServiceKind::External { .. } => unreachable!("returned as Found::Alias above"),
             },
-            [ep] if !ep.starts_with(b"_") => match se.endpoints.get(*ep) {
+            [ep] if !ep.starts_with(b"_") => match se.endpoints.get(ep) {
                 Some(e) => addresses(qtype, &e.a, &e.aaaa),
                 None => Lookup::NxDomain,
             },
