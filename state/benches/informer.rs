@@ -5,7 +5,11 @@
 //! - initial list: `Informer::start` until `wait_synced()` returns,
 //! - memory: VmRSS growth of the measuring process over that list,
 //! - propagation: one write → a subscriber's `next()` returns a change set
-//!   with that key (p50/p99/max over `CHANGES` single-object changes).
+//!   with that key (p50/p99/max over `CHANGES` single-object changes),
+//!
+//! and breakdown rows: each store's own list (time, peak RSS), the
+//! informer's list CPU time and live heap, and the same objects held as
+//! k8s-openapi types or compact forms alone (no store, no informer).
 //!
 //! Each measurement runs in a fresh child process (this binary re-executed),
 //! so the memory of populating the store does not pollute the RSS numbers.
@@ -16,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netns_fixtures::etcd::EtcdServer;
+use podnet_state::compact;
 use podnet_state::etcd::EtcdStore;
 use podnet_state::object::{self, TypedObject};
 use podnet_state::{DirStore, Informer, Kind, ObjectKey, Store};
@@ -41,6 +46,7 @@ fn main() {
             "list" => child_list(&backend, &target),
             "informer" => child_informer(&backend, &target),
             "typed" => child_typed(),
+            "compact" => child_compact(),
             other => panic!("unknown mode {other}"),
         }
         return;
@@ -120,11 +126,25 @@ fn main() {
             l.peak_mb
         );
     }
+    println!();
+    println!("breakdown: the informer's list (CPU = user + system of all threads; heap = allocated and not freed, of what RSS retained counts)");
+    println!("| store | list CPU | heap retained |");
+    println!("|---|---|---|");
+    for (name, _, _, r) in &rows {
+        println!("| {name} | {:.0} ms | {:.1} MB |", r.cpu_ms, r.heap_mb);
+    }
     let typed = run_child("none", "none", "typed");
     println!(
         "the {} objects as k8s-openapi types alone (no store, no informer): {:.1} MB",
         2 * SERVICES,
         typed.retained_mb
+    );
+    let compact = run_child("none", "none", "compact");
+    println!(
+        "the {} objects in their compact forms alone (what a snapshot holds, without keys): {:.1} MB (heap {:.1} MB)",
+        2 * SERVICES,
+        compact.retained_mb,
+        compact.heap_mb
     );
     println!();
     println!("RSS peak: VmHWM growth during the initial list; RSS retained: VmRSS growth with the");
@@ -135,8 +155,12 @@ fn main() {
 
 struct Measured {
     list_ms: f64,
+    /// CPU time (user + system, all threads) of the list.
+    cpu_ms: f64,
     peak_mb: f64,
     retained_mb: f64,
+    /// Live heap (allocated, not freed) of what is retained.
+    heap_mb: f64,
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
@@ -166,8 +190,10 @@ fn run_child(backend: &str, target: &str, mode: &str) -> Measured {
     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     Measured {
         list_ms: f("list_ms"),
+        cpu_ms: f("cpu_ms"),
         peak_mb: f("peak_mb"),
         retained_mb: f("retained_mb"),
+        heap_mb: f("heap_mb"),
         p50_ms: f("p50_ms"),
         p99_ms: f("p99_ms"),
         max_ms: f("max_ms"),
@@ -235,6 +261,44 @@ fn child_typed() {
     println!("RESULT {}", json!({ "retained_mb": mb(retained) }));
 }
 
+/// Measuring child: the objects in the compact forms the informer keeps
+/// (in `Arc`s, as in a snapshot), without any store or informer
+/// bookkeeping: the floor for the informer's retained memory.
+fn child_compact() {
+    let base = start_memory_window();
+    let base_heap = heap_kb();
+    let mut services = Vec::with_capacity(SERVICES);
+    let mut slices = Vec::with_capacity(SERVICES);
+    for i in 0..SERVICES {
+        let (k, v) = service(i);
+        let TypedObject::Service(s) = object::decode(k.kind, &v).expect("bench Services decode")
+        else {
+            unreachable!("a Service decodes as one")
+        };
+        services.push(Arc::new(
+            compact::Service::from_k8s(s).expect("compact Service"),
+        ));
+        let (k, v) = endpoint_slice(i);
+        let TypedObject::EndpointSlice(s) =
+            object::decode(k.kind, &v).expect("bench EndpointSlices decode")
+        else {
+            unreachable!("an EndpointSlice decodes as one")
+        };
+        slices.push(Arc::new(
+            compact::EndpointSlice::from_k8s(s).expect("compact EndpointSlice"),
+        ));
+    }
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe { libc::malloc_trim(0) };
+    let retained = status_kb("VmRSS:").saturating_sub(base);
+    let heap = heap_kb().saturating_sub(base_heap);
+    assert_eq!(services.len() + slices.len(), 2 * SERVICES);
+    println!(
+        "RESULT {}",
+        json!({ "retained_mb": mb(retained), "heap_mb": mb(heap) })
+    );
+}
+
 /// Measuring child: informer list, memory, then propagation latency.
 fn child_informer(backend: &str, target: &str) {
     let rt = runtime();
@@ -242,10 +306,13 @@ fn child_informer(backend: &str, target: &str) {
         let store = open(backend, target).await;
         let writer = open(backend, target).await;
         let base = start_memory_window();
+        let base_heap = heap_kb();
+        let cpu0 = cpu_ms();
         let start = Instant::now();
         let informer = Informer::start(store, &[Kind::Service, Kind::EndpointSlice]);
         informer.wait_synced().await;
         let list = start.elapsed();
+        let list_cpu = cpu_ms() - cpu0;
         let peak = status_kb("VmHWM:").saturating_sub(base);
         let snap = informer.snapshot();
         assert_eq!(snap.services.len(), SERVICES, "all Services listed");
@@ -258,6 +325,7 @@ fn child_informer(backend: &str, target: &str) {
         // SAFETY: malloc_trim only returns free heap pages to the kernel.
         unsafe { libc::malloc_trim(0) };
         let retained = status_kb("VmRSS:").saturating_sub(base);
+        let heap = heap_kb().saturating_sub(base_heap);
 
         let mut sub = informer.subscribe();
         let first = sub.next().await.expect("initial change set");
@@ -299,6 +367,8 @@ fn child_informer(backend: &str, target: &str) {
             "list_ms": list.as_secs_f64() * 1000.0,
             "peak_mb": mb(peak),
             "retained_mb": mb(retained),
+            "heap_mb": mb(heap),
+            "cpu_ms": list_cpu,
             "p50_ms": pct(0.50),
             "p99_ms": pct(0.99),
             "max_ms": lat.last().unwrap().as_secs_f64() * 1000.0,
@@ -325,6 +395,25 @@ fn start_memory_window() -> u64 {
     std::fs::write("/proc/self/clear_refs", "5")
         .expect("resetting VmHWM via /proc/self/clear_refs");
     status_kb("VmRSS:")
+}
+
+/// Bytes the allocator has handed out and not got back, in kB: what is
+/// live, as opposed to RSS, which also counts free memory it keeps.
+fn heap_kb() -> u64 {
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let m = unsafe { libc::mallinfo2() };
+    ((m.uordblks + m.hblkhd) / 1024) as u64
+}
+
+/// User + system CPU time of the process so far, in ms.
+fn cpu_ms() -> f64 {
+    // SAFETY: rusage is plain data, all zeroes is a valid value, and
+    // getrusage only writes into the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    ms(ru.ru_utime) + ms(ru.ru_stime)
 }
 
 fn mb(kb: u64) -> f64 {
