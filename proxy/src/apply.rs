@@ -6,16 +6,18 @@ use std::time::Duration;
 
 use podnet_nft::expr::Field;
 use podnet_nft::{
-    ct_state, ct_status, fib_type, icmp_code, nat_flags, Batch, ChainType as NftChainType, CmpOp,
-    DataType, DynsetOp, Expr, HookPoint, NatKind, NumgenKind, Policy, Reg, Reject, Rule as NftRule,
-    Set as NftSet, SetElem, SetFlags, SetRef, Table, TypeConcat, Val, Verdict as NftVerdict,
+    ct_state, ct_status, encode_concat_into, fib_type, icmp_code, nat_flags, Batch,
+    ChainType as NftChainType, CmpOp, DataType, DynsetOp, ElemDataRef, ElemRef, Expr, HookPoint,
+    NatKind, NumgenKind, Policy, Reg, Reject, Rule as NftRule, Set as NftSet, SetElem, SetFlags,
+    SetRef, Table, TypeConcat, Val, Verdict as NftVerdict,
 };
 
 use crate::diff::{Diff, Op};
+use crate::fxhash::FxHashMap;
 use crate::model::Family;
 use crate::plan::{
-    Chain, ChainType, ElemData, FieldType, Hook, KeyExpr, Rule, SetData, SetDef, Stmt, Value,
-    Verdict, TABLE,
+    Chain, ChainType, ElemData, FieldType, Fields, Hook, KeyExpr, Rule, SetData, SetDef, Stmt,
+    Value, Verdict, TABLE,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -55,10 +57,6 @@ fn val(v: &Value) -> Val {
         Value::Port(p) => Val::Port(*p),
         Value::Index(i) => Val::U32(*i),
     }
-}
-
-fn vals(v: &[Value]) -> Vec<Val> {
-    v.iter().map(val).collect()
 }
 
 fn verdict(v: &Verdict) -> NftVerdict {
@@ -330,24 +328,63 @@ impl Enc<'_> {
     fn elements<'e>(
         &mut self,
         set: &str,
-        elems: impl Iterator<Item = (&'e Vec<Value>, Option<&'e Option<ElemData>>)>,
+        elems: impl ExactSizeIterator<Item = (&'e Fields, Option<&'e Option<ElemData>>)>,
         add: bool,
     ) -> Result<(), ApplyError> {
-        let list: Vec<SetElem> = elems
-            .map(|(k, d)| {
-                let e = SetElem::new(&vals(k));
-                match d {
-                    Some(Some(ElemData::Verdict(v))) => e.verdict(verdict(v)),
-                    Some(Some(ElemData::Values(v))) => e.data(&vals(v)),
-                    _ => e,
+        // Keys and map values are encoded into one buffer and verdicts
+        // converted once per distinct verdict; the batch then writes the
+        // elements by reference (no allocation per element).
+        enum Data {
+            None,
+            Verdict(usize),
+            Value(usize, usize),
+        }
+        let mut bytes: Vec<u8> = Vec::with_capacity(elems.len() * 24);
+        let mut spans: Vec<(usize, usize, Data)> = Vec::with_capacity(elems.len());
+        let mut verdicts: Vec<NftVerdict> = Vec::new();
+        let mut verdict_index: FxHashMap<&'e Verdict, usize> = FxHashMap::default();
+        let mut scratch: Vec<Val> = Vec::with_capacity(Fields::MAX);
+        let mut put = |vs: &[Value], bytes: &mut Vec<u8>| {
+            let start = bytes.len();
+            scratch.clear();
+            scratch.extend(vs.iter().map(val));
+            encode_concat_into(&scratch, bytes);
+            (start, bytes.len())
+        };
+        for (k, d) in elems {
+            let (ks, ke) = put(k, &mut bytes);
+            let data = match d {
+                Some(Some(ElemData::Verdict(v))) => {
+                    let i = *verdict_index.entry(v).or_insert_with(|| {
+                        verdicts.push(verdict(v));
+                        verdicts.len() - 1
+                    });
+                    Data::Verdict(i)
                 }
+                Some(Some(ElemData::Values(v))) => {
+                    let (s, e) = put(v, &mut bytes);
+                    Data::Value(s, e)
+                }
+                _ => Data::None,
+            };
+            spans.push((ks, ke, data));
+        }
+        let list: Vec<ElemRef> = spans
+            .iter()
+            .map(|(ks, ke, d)| ElemRef {
+                key: &bytes[*ks..*ke],
+                data: match d {
+                    Data::None => None,
+                    Data::Verdict(i) => Some(ElemDataRef::Verdict(&verdicts[*i])),
+                    Data::Value(s, e) => Some(ElemDataRef::Value(&bytes[*s..*e])),
+                },
             })
             .collect();
         let nf = self.nf();
         let res = if add {
-            self.batch.add_elements(nf, TABLE, set, &list)
+            self.batch.add_elements_ref(nf, TABLE, set, &list)
         } else {
-            self.batch.delete_elements(nf, TABLE, set, &list)
+            self.batch.delete_elements_ref(nf, TABLE, set, &list)
         };
         res.map_err(self.err(format!("{} elements of {set}", list.len())))
     }

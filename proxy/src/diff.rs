@@ -7,7 +7,10 @@
 //! A full sync replaces the table atomically: `add table; delete table; add
 //! table; add everything`, which also works when a previous run left a table.
 
-use crate::plan::{Chain, ElemData, Fragment, Set, SetDef, TablePlan, Value};
+use std::collections::BTreeMap;
+
+use crate::fxhash::FxHashSet;
+use crate::plan::{Chain, ElemData, Fields, Fragment, Set, SetDef, TablePlan};
 
 /// One operation on the table, in transaction order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,11 +22,11 @@ pub enum Op<'a> {
     AddSet(&'a str, &'a SetDef),
     /// `add chain` (a base chain also gets its hook).
     AddChain(&'a str, &'a Chain),
-    DeleteElements(&'a str, Vec<&'a Vec<Value>>),
+    DeleteElements(&'a str, Vec<&'a Fields>),
     FlushChain(&'a str),
     /// Appends all rules of the chain.
     AddRules(&'a str, &'a Chain),
-    AddElements(&'a str, Vec<(&'a Vec<Value>, &'a Option<ElemData>)>),
+    AddElements(&'a str, Vec<(&'a Fields, &'a Option<ElemData>)>),
     DeleteChain(&'a str),
     DeleteSet(&'a str),
 }
@@ -77,10 +80,11 @@ pub fn full(desired: &TablePlan) -> Diff<'_> {
 }
 
 /// Like `full(base + fragments)` without building the merged plan: the
-/// elements are referenced where the fragments keep them. `base` is the
-/// skeleton with the shared objects (pick chains, hairpin elements). A key
-/// two fragments both claim (two services with the same IP and port) is
-/// sent once, the first fragment's. Returns the diff and its element count.
+/// elements are referenced where the fragments keep them, in fragment order
+/// (not sorted). `base` is the skeleton with the shared objects (pick
+/// chains, hairpin elements). A key two fragments both claim (two services
+/// with the same IP and port) is sent once, the first fragment's. Returns
+/// the diff and its element count.
 pub fn full_from_fragments<'a>(base: &'a TablePlan, frags: &[&'a Fragment]) -> (Diff<'a>, usize) {
     let mut ops = vec![Op::AddTable, Op::DeleteTable, Op::AddTable];
     for (name, s) in &base.sets {
@@ -104,20 +108,26 @@ pub fn full_from_fragments<'a>(base: &'a TablePlan, frags: &[&'a Fragment]) -> (
             ops.push(Op::AddRules(name, c));
         }
     }
-    let mut count = 0;
-    for (name, s) in &base.sets {
-        if s.def.dynamic {
-            continue;
-        }
-        let mut elems: Vec<(&'a Vec<Value>, &'a Option<ElemData>)> = s.elements.iter().collect();
-        for f in frags {
-            if let Some(list) = f.elements.get(name.as_str()) {
-                elems.extend(list.iter().map(|(k, v)| (k, v)));
+    let mut by_set: BTreeMap<&str, Vec<(&'a Fields, &'a Option<ElemData>)>> = base
+        .sets
+        .iter()
+        .filter(|(_, s)| !s.def.dynamic)
+        .map(|(name, s)| (name.as_str(), s.elements.iter().collect()))
+        .collect();
+    for f in frags {
+        for (set, (k, v)) in &f.elements {
+            if let Some(list) = by_set.get_mut(set) {
+                list.push((k, v));
             }
         }
-        // Stable sort keeps the first claimant of a duplicate key.
-        elems.sort_by(|a, b| a.0.cmp(b.0));
-        elems.dedup_by(|b, a| a.0 == b.0);
+    }
+    let mut count = 0;
+    for (name, mut elems) in by_set {
+        // Keep the first claimant of a duplicate key (order does not
+        // matter to the kernel; a hash set is cheaper than sorting).
+        let mut seen: FxHashSet<&Fields> = FxHashSet::default();
+        seen.reserve(elems.len());
+        elems.retain(|(k, _)| seen.insert(*k));
         count += elems.len();
         if !elems.is_empty() {
             ops.push(Op::AddElements(name, elems));
@@ -231,10 +241,7 @@ pub fn diff<'a>(installed: Option<&'a TablePlan>, desired: &'a TablePlan) -> Dif
     Diff { full: false, ops }
 }
 
-type Delta<'a> = (
-    Vec<&'a Vec<Value>>,
-    Vec<(&'a Vec<Value>, &'a Option<ElemData>)>,
-);
+type Delta<'a> = (Vec<&'a Fields>, Vec<(&'a Fields, &'a Option<ElemData>)>);
 
 fn element_delta<'a>(old: &'a Set, new: &'a Set) -> Delta<'a> {
     let mut del = Vec::new();
@@ -446,6 +453,98 @@ mod tests {
             0,
             "{ops:?}"
         );
+    }
+
+    /// Sets, chains with their rules, and elements of a full replacement.
+    type Content<'a> = (
+        Vec<&'a str>,
+        BTreeMap<&'a str, &'a Vec<crate::plan::Rule>>,
+        BTreeMap<(&'a str, Fields), &'a Option<ElemData>>,
+    );
+
+    fn content<'a>(d: &'a Diff) -> Content<'a> {
+        let (mut sets, mut rules, mut elems) = (Vec::new(), BTreeMap::new(), BTreeMap::new());
+        for op in &d.ops {
+            match op {
+                Op::AddSet(n, _) => sets.push(*n),
+                Op::AddChain(n, c) => {
+                    rules.insert(*n, &c.rules);
+                }
+                Op::AddElements(n, e) => {
+                    for (k, v) in e {
+                        assert!(elems.insert((*n, **k), *v).is_none(), "{n} {k:?} twice");
+                    }
+                }
+                _ => {}
+            }
+        }
+        sets.sort();
+        (sets, rules, elems)
+    }
+
+    #[test]
+    fn fragments_give_the_full_replacement_of_their_merged_plan() {
+        let mut web = svc("default", "web", "10.96.0.10", &[("http", "TCP", 80, 0)]);
+        web.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
+        let one = |name: &str, ip: &str| {
+            slice(
+                "default",
+                name,
+                "a",
+                "IPv4",
+                &[("http", "TCP", 8080)],
+                &[(ip, "node-b", true, true, false)],
+            )
+        };
+        // `twin` claims the ClusterIP and port of `other`.
+        let s = snapshot(
+            vec![
+                web,
+                svc("default", "other", "10.96.0.11", &[("http", "TCP", 80, 0)]),
+                svc("default", "twin", "10.96.0.11", &[("http", "TCP", 80, 0)]),
+            ],
+            vec![
+                one("web", "10.244.1.1"),
+                one("other", "10.244.2.1"),
+                one("twin", "10.244.3.1"),
+            ],
+        );
+        let m = Model::build(&s, &cfg());
+        let frags: Vec<Fragment> = m.v4.values().map(|sp| plan::fragment(&pc(), sp)).collect();
+        let refs: Vec<&Fragment> = frags.iter().collect();
+        let picks = frags.iter().flat_map(|f| f.picks.iter().copied()).collect();
+        let hairpins = frags
+            .iter()
+            .flat_map(|f| f.hairpins.iter().copied())
+            .collect();
+        let mut base = plan::skeleton(&pc());
+        plan::merge(&pc(), &mut base, [], Some(&picks), Some(&hairpins));
+        let (d, count) = full_from_fragments(&base, &refs);
+        assert!(d.full);
+        assert_eq!(
+            describe(&d)[..3],
+            ["add table", "delete table", "add table"]
+        );
+        let merged = plan::build(&pc(), m.v4.values());
+        let want_diff = full(&merged);
+        let (sets, rules, elems) = content(&d);
+        let (want_sets, want_rules, mut want_elems) = content(&want_diff);
+        assert_eq!((sets, rules), (want_sets, want_rules));
+        // The collision: the first fragment (other) wins here, the last in a merge.
+        let key = Fields::from([
+            plan::Value::Ip("10.96.0.11".parse().unwrap()),
+            plan::Value::Proto(crate::model::Protocol::Tcp),
+            plan::Value::Port(80),
+            plan::Value::Index(0),
+        ]);
+        let first = Some(ElemData::Values(Fields::from([
+            plan::Value::Ip("10.244.2.1".parse().unwrap()),
+            plan::Value::Port(8080),
+        ])));
+        assert_eq!(elems[&(plan::SERVICE_ENDPOINTS, key)], &first);
+        want_elems.insert((plan::SERVICE_ENDPOINTS, key), &first);
+        assert_eq!(elems, want_elems);
+        assert_eq!(count, merged.element_count());
     }
 
     #[test]

@@ -8,14 +8,16 @@
 //! `podnet-nft`). `render` prints a plan in `nft` syntax (golden tests, debugging).
 //! Around it: `sync` (the coalescing sync loop), `conntrack` (flushes UDP flows
 //! to removed endpoints), `http` (`/metrics`, `/healthz`, healthCheckNodePort
-//! responders), `metrics`, `cli` (flags and config file) and `daemon` (the
-//! long-running loop the thin binary calls).
+//! responders), `metrics`, `cli` (flags and config file), `daemon` (the
+//! long-running loop the thin binary calls) and `fxhash` (a fast hasher for
+//! the sets a sync builds).
 
 pub mod apply;
 pub mod cli;
 pub mod conntrack;
 pub mod daemon;
 pub mod diff;
+pub mod fxhash;
 pub mod http;
 pub mod metrics;
 pub mod model;

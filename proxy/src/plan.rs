@@ -211,10 +211,91 @@ pub enum Value {
     Index(u32),
 }
 
+/// An element's key or map value: up to `Fields::MAX` values stored inline
+/// (the longest key is `addr . proto . port . index`), so tens of thousands
+/// of elements need no allocation each. Compares and hashes as the slice.
+#[derive(Clone, Copy)]
+pub struct Fields {
+    len: u8,
+    vals: [Value; Fields::MAX],
+}
+
+impl Fields {
+    pub const MAX: usize = 4;
+    const FILLER: Value = Value::Index(0);
+
+    /// Panics with more than `MAX` values: no plan element has more.
+    pub fn new(vals: &[Value]) -> Fields {
+        let mut f = Fields {
+            len: 0,
+            vals: [Self::FILLER; Fields::MAX],
+        };
+        for v in vals {
+            f.push(*v);
+        }
+        f
+    }
+
+    pub fn push(&mut self, v: Value) {
+        assert!(
+            (self.len as usize) < Fields::MAX,
+            "more than {} fields",
+            Fields::MAX
+        );
+        self.vals[self.len as usize] = v;
+        self.len += 1;
+    }
+}
+
+impl<const N: usize> From<[Value; N]> for Fields {
+    fn from(vals: [Value; N]) -> Fields {
+        Fields::new(&vals)
+    }
+}
+
+impl std::ops::Deref for Fields {
+    type Target = [Value];
+    fn deref(&self) -> &[Value] {
+        &self.vals[..self.len as usize]
+    }
+}
+
+impl PartialEq for Fields {
+    fn eq(&self, other: &Fields) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Fields {}
+
+impl PartialOrd for Fields {
+    fn partial_cmp(&self, other: &Fields) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Fields {
+    fn cmp(&self, other: &Fields) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl std::hash::Hash for Fields {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (**self).hash(h)
+    }
+}
+
+impl std::fmt::Debug for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ElemData {
     Verdict(Verdict),
-    Values(Vec<Value>),
+    Values(Fields),
 }
 
 /// The definition of a set or map (everything but the elements).
@@ -232,7 +313,7 @@ pub struct SetDef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Set {
     pub def: SetDef,
-    pub elements: BTreeMap<Vec<Value>, Option<ElemData>>,
+    pub elements: BTreeMap<Fields, Option<ElemData>>,
 }
 
 /// The whole table of one family.
@@ -383,10 +464,10 @@ pub fn endpoint_base(n: &ServicePortName, ep: &Endpoint) -> String {
 }
 
 /// One element: key and (for maps) value.
-pub type Element = (Vec<Value>, Option<ElemData>);
+pub type Element = (Fields, Option<ElemData>);
 
-/// Elements of the shared sets and maps, by set name.
-pub type Elements = BTreeMap<&'static str, Vec<Element>>;
+/// Elements of the shared sets and maps, each with its set's name.
+pub type Elements = Vec<(&'static str, Element)>;
 
 /// What one service port contributes to its family's table. A table is the
 /// skeleton plus the union of its fragments; partial syncs diff fragments.
@@ -406,7 +487,7 @@ pub struct Fragment {
 
 impl Fragment {
     pub fn element_count(&self) -> usize {
-        self.elements.values().map(Vec::len).sum()
+        self.elements.len()
     }
 }
 
@@ -441,8 +522,8 @@ impl Builder<'_> {
             elements: BTreeMap::new(),
         });
     }
-    fn elem(&mut self, set: &'static str, key: Vec<Value>, data: Option<ElemData>) {
-        self.elems.entry(set).or_default().push((key, data));
+    fn elem(&mut self, set: &'static str, key: Fields, data: Option<ElemData>) {
+        self.elems.push((set, (key, data)));
     }
     fn family(&self) -> Family {
         self.cfg.family
@@ -697,15 +778,15 @@ impl Builder<'_> {
         }
     }
 
-    fn vip_key(&self, ip: IpAddr, sp: &ServicePort) -> Vec<Value> {
-        vec![
+    fn vip_key(&self, ip: IpAddr, sp: &ServicePort) -> Fields {
+        Fields::from([
             Value::Ip(ip),
             Value::Proto(sp.name.protocol),
             Value::Port(sp.port),
-        ]
+        ])
     }
-    fn np_key(&self, sp: &ServicePort, np: u16) -> Vec<Value> {
-        vec![Value::Proto(sp.name.protocol), Value::Port(np)]
+    fn np_key(&self, sp: &ServicePort, np: u16) -> Fields {
+        Fields::from([Value::Proto(sp.name.protocol), Value::Port(np)])
     }
     fn no_endpoints(&mut self, sp: &ServicePort, ips: &[IpAddr], nodeport: bool, verdict: Verdict) {
         for ip in ips {
@@ -766,13 +847,13 @@ impl Builder<'_> {
         for ip in externals {
             let v = self.pick(Class::External, eps.len());
             let k = self.vip_key(*ip, sp);
-            self.elem(SERVICE_IPS, k.clone(), Some(ElemData::Verdict(v)));
+            self.elem(SERVICE_IPS, k, Some(ElemData::Verdict(v)));
             self.endpoint_elems(SERVICE_ENDPOINTS, k, eps);
         }
         if let Some(np) = sp.node_port {
             let v = self.pick(Class::NodePort, eps.len());
             let k = self.np_key(sp, np);
-            self.elem(SERVICE_NODEPORTS, k.clone(), Some(ElemData::Verdict(v)));
+            self.elem(SERVICE_NODEPORTS, k, Some(ElemData::Verdict(v)));
             self.endpoint_elems(NODEPORT_ENDPOINTS, k, eps);
         }
         self.hairpins(sp);
@@ -786,17 +867,17 @@ impl Builder<'_> {
             .extend(sp.maybe_local_endpoints.iter().map(|ep| ep.ip));
     }
 
-    fn endpoint_elems(&mut self, map: &'static str, key: Vec<Value>, eps: &[Endpoint]) {
+    fn endpoint_elems(&mut self, map: &'static str, key: Fields, eps: &[Endpoint]) {
         for (i, ep) in eps.iter().enumerate() {
-            let mut k = key.clone();
+            let mut k = key;
             k.push(Value::Index(i as u32));
             self.elem(
                 map,
                 k,
-                Some(ElemData::Values(vec![
+                Some(ElemData::Values(Fields::from([
                     Value::Ip(ep.ip),
                     Value::Port(ep.port),
-                ])),
+                ]))),
             );
         }
     }
@@ -1082,7 +1163,7 @@ fn new_builder<'a>(cfg: &'a PlanConfig, comment: &str) -> Builder<'a> {
             chains: BTreeMap::new(),
             sets: BTreeMap::new(),
         },
-        elems: BTreeMap::new(),
+        elems: Vec::new(),
         picks: BTreeSet::new(),
         hairpins: BTreeSet::new(),
     }
@@ -1124,10 +1205,9 @@ pub fn merge<'a>(
     let mut all_picks = BTreeSet::new();
     let mut all_hairpins = BTreeSet::new();
     for f in frags {
-        for (set, elems) in &f.elements {
+        for (set, (k, v)) in &f.elements {
             if let Some(s) = plan.sets.get_mut(*set) {
-                s.elements
-                    .extend(elems.iter().map(|(k, v)| (k.clone(), v.clone())));
+                s.elements.insert(*k, v.clone());
             }
         }
         plan.chains
@@ -1148,7 +1228,7 @@ pub fn merge<'a>(
     if let Some(h) = plan.sets.get_mut(HAIRPIN) {
         for ip in hairpins.unwrap_or(&all_hairpins) {
             h.elements
-                .insert(vec![Value::Ip(*ip), Value::Ip(*ip)], None);
+                .insert(Fields::from([Value::Ip(*ip), Value::Ip(*ip)]), None);
         }
     }
 }

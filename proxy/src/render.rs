@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use crate::diff::{Diff, Op};
 use crate::model::Family;
 use crate::plan::{
-    ChainType, ElemData, FieldType, KeyExpr, Rule, Set, SetData, Stmt, TablePlan, Value, Verdict,
-    TABLE,
+    ChainType, ElemData, FieldType, Fields, KeyExpr, Rule, Set, SetData, Stmt, TablePlan, Value,
+    Verdict, TABLE,
 };
 
 fn field_type(t: FieldType) -> &'static str {
@@ -156,7 +156,7 @@ fn set_def(
     f: Family,
     name: &str,
     d: &crate::plan::SetDef,
-    elements: &std::collections::BTreeMap<Vec<Value>, Option<ElemData>>,
+    elements: &std::collections::BTreeMap<Fields, Option<ElemData>>,
 ) {
     let kind = if d.data.is_some() { "map" } else { "set" };
     let _ = writeln!(out, "\t{kind} {name} {{");

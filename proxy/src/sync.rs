@@ -398,16 +398,14 @@ fn shift_shared(
 
 /// Moves a fragment into `all` (one family's fragments of a full sync) and
 /// counts its shared objects.
-fn absorb(all: &mut Fragment, shared: &mut Shared, f: Fragment) {
+fn absorb(all: &mut Fragment, shared: &mut Shared, mut f: Fragment) {
     for p in &f.picks {
         *shared.picks.entry(*p).or_default() += 1;
     }
     for h in &f.hairpins {
         *shared.hairpins.entry(*h).or_default() += 1;
     }
-    for (set, mut elems) in f.elements {
-        all.elements.entry(set).or_default().append(&mut elems);
-    }
+    all.elements.append(&mut f.elements);
     all.chains.extend(f.chains);
     all.sets.extend(f.sets);
 }
