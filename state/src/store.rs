@@ -143,14 +143,6 @@ pub struct StoredObject {
 }
 
 impl StoredObject {
-    pub fn from_value(key: ObjectKey, mod_revision: u64, value: &serde_json::Value) -> Self {
-        StoredObject {
-            key,
-            mod_revision,
-            raw: serde_json::value::to_raw_value(value).expect("a JSON value serializes"),
-        }
-    }
-
     /// The JSON text.
     pub fn json(&self) -> &str {
         self.raw.get()
@@ -299,4 +291,24 @@ pub trait Store: Send + Sync {
 
     /// Grant a lease with the given TTL.
     async fn grant_lease(&self, ttl: Duration) -> StoreResult<Box<dyn Lease>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_that_no_tree_holds_is_an_error_when_asked_for_as_a_tree() {
+        let raw = RawValue::from_string(r#"{"metadata": {"name": "n1"}, "x": 1e400}"#.into())
+            .expect("valid JSON text");
+        let o = StoredObject {
+            key: ObjectKey::new(Kind::Node, None, "n1"),
+            mod_revision: 1,
+            raw,
+        };
+        assert!(o.value().is_err());
+        // The typed form never looks at the unknown field.
+        assert!(matches!(o.decode(), Ok(TypedObject::Node(_))));
+        assert_eq!(o, o.clone());
+    }
 }

@@ -12,7 +12,8 @@
 //! The store writes its files as (pretty) JSON, which is also YAML, under
 //! the `.yaml` name: parsing YAML is ten times slower than JSON and the
 //! informer's first list of 20,000 objects has to take well under a second.
-//! Files written by hand may be YAML or JSON.
+//! Such a file is handed out as its text, unparsed beyond a check of its
+//! name. Files written by hand may be YAML or JSON.
 //!
 //! Every operation runs under the flock after catching up with the journal,
 //! so revisions are allocated in order across processes. Files changed by
