@@ -9,8 +9,8 @@
 //! Around it: `sync` (the coalescing sync loop), `conntrack` (flushes UDP flows
 //! to removed endpoints), `http` (`/metrics`, `/healthz`, healthCheckNodePort
 //! responders), `metrics`, `cli` (flags and config file), `daemon` (the
-//! long-running loop the thin binary calls) and `fxhash` (a fast hasher for
-//! the sets a sync builds).
+//! long-running loop the thin binary calls), `memory` (glibc allocator
+//! policy) and `fxhash` (a fast hasher for the sets a sync builds).
 
 pub mod apply;
 pub mod cli;
@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod diff;
 pub mod fxhash;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod plan;

@@ -410,18 +410,6 @@ fn absorb(all: &mut Fragment, shared: &mut Shared, mut f: Fragment) {
     all.sets.extend(f.sets);
 }
 
-/// Gives memory freed after a full sync back to the system: glibc keeps
-/// freed chunks in its arenas, and the transient model, plans and batch of a
-/// large full sync (and the informer's first list before it) would otherwise
-/// stay in the RSS for good.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory of the allocator's arenas.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 impl Proxier {
     /// Opens the netlink socket in the current network namespace.
     pub fn new(cfg: ProxyConfig, metrics: std::sync::Arc<Metrics>) -> Result<Proxier, SyncError> {
@@ -465,7 +453,7 @@ impl Proxier {
             .sync_duration
             .observe(start.elapsed().as_secs_f64());
         match &res {
-            Ok(r) if r.full => release_freed_memory(),
+            Ok(r) if r.full => crate::memory::release_freed(),
             Ok(_) => {}
             Err(_) => {
                 self.metrics.sync_failures.inc();
