@@ -434,7 +434,7 @@ impl Index {
                 Some(owner) => Cow::Owned(cname.reowned(owner)),
             });
             seen.push(target);
-            let Some(rel) = self.zone_relative(target) else {
+            let Some(inside) = self.in_zone_name(target) else {
                 return match qtype {
                     TYPE_A | TYPE_AAAA | TYPE_TXT => Lookup::Chase { answer, target },
                     _ => Lookup::Answer {
@@ -443,7 +443,7 @@ impl Index {
                     },
                 };
             };
-            let labels: Vec<&[u8]> = rel.labels().collect();
+            let labels: Vec<&[u8]> = inside.labels().collect();
             let zone_labels = count_labels(&self.config.zone);
             match self.lookup_zone(&labels[..labels.len() - zone_labels], qtype) {
                 Found::Done(Lookup::Answer { answer: more, .. }) => {
@@ -466,7 +466,7 @@ impl Index {
     }
 
     /// `name` (lowercase wire) parsed, when it is inside the zone.
-    fn zone_relative(&self, name: &[u8]) -> Option<wire::LowerName> {
+    fn in_zone_name(&self, name: &[u8]) -> Option<wire::LowerName> {
         let zone = &self.config.zone;
         if !in_or_under(name, zone) {
             return None;
