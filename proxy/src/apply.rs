@@ -299,7 +299,7 @@ impl Enc<'_> {
             .map_err(self.err(format!("chain {name}")))
     }
 
-    fn set(&mut self, name: &str, d: &SetDef) -> Result<(), ApplyError> {
+    fn set(&mut self, name: &str, d: &SetDef, size: Option<u32>) -> Result<(), ApplyError> {
         let key: Vec<DataType> = d.key.iter().map(|t| data_type(*t)).collect();
         let mut s =
             NftSet::new(self.nf(), TABLE, name, TypeConcat::new(&key)).comment(d.comment.clone());
@@ -318,6 +318,9 @@ impl Enc<'_> {
         });
         if let Some(t) = d.timeout {
             s = s.timeout(Duration::from_secs(u64::from(t)));
+        }
+        if let Some(n) = size {
+            s = s.size(n);
         }
         self.batch
             .add_set(&s)
@@ -390,12 +393,30 @@ impl Enc<'_> {
     }
 }
 
-/// Appends the operations of `diff` (for `family`) to `batch`.
+/// The `size` to create a shared set with when it gets `elements`: room for
+/// as many again (at least 256), rounded up to a power of two. Given a size,
+/// the kernel keeps a set in a hash table of fixed size (nft_hash) instead
+/// of one that starts at four buckets and doubles while a transaction's
+/// elements arrive (rhash, whose inserts then mostly take the slow path:
+/// half the kernel's time of a 30k-service full sync). The size is also the
+/// set's limit: a partial sync that would pass it becomes a full one, which
+/// sizes the sets again.
+pub fn set_capacity(elements: usize) -> u32 {
+    let want = elements.saturating_mul(2).max(256);
+    u32::try_from(want)
+        .ok()
+        .and_then(u32::checked_next_power_of_two)
+        .unwrap_or(1 << 31)
+}
+
+/// Appends the operations of `diff` (for `family`) to `batch`. Sets it
+/// creates get `capacity(name)` as their size (none: unlimited).
 pub fn encode(
     batch: &mut Batch,
     family: Family,
     diff: &Diff,
     comment: &str,
+    capacity: &dyn Fn(&str) -> Option<u32>,
 ) -> Result<(), ApplyError> {
     let mut e = Enc { family, batch };
     let nf = e.nf();
@@ -403,7 +424,7 @@ pub fn encode(
         match op {
             Op::AddTable => e.batch.add_table(&Table::new(nf, TABLE).comment(comment)),
             Op::DeleteTable => e.batch.delete_table(nf, TABLE),
-            Op::AddSet(name, def) => e.set(name, def)?,
+            Op::AddSet(name, def) => e.set(name, def, capacity(name))?,
             Op::AddChain(name, c) => e.chain(name, c)?,
             Op::DeleteElements(set, keys) => {
                 e.elements(set, keys.iter().map(|k| (*k, None)), false)?
@@ -422,4 +443,18 @@ pub fn encode(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_capacity_leaves_room_for_as_many_again() {
+        assert_eq!(set_capacity(0), 256);
+        assert_eq!(set_capacity(128), 256);
+        assert_eq!(set_capacity(129), 512);
+        assert_eq!(set_capacity(22_000), 65_536);
+        assert_eq!(set_capacity(usize::MAX), 1 << 31);
+    }
 }

@@ -42,6 +42,16 @@ impl Diff<'_> {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+    /// Elements the diff adds to `set`.
+    pub fn elements_of(&self, set: &str) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::AddElements(s, e) if *s == set => e.len(),
+                _ => 0,
+            })
+            .sum()
+    }
     /// (elements added, elements deleted, chains added/flushed/deleted).
     pub fn counts(&self) -> (usize, usize, usize) {
         let (mut add, mut del, mut chains) = (0, 0, 0);

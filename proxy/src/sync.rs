@@ -174,8 +174,39 @@ struct Installed {
     /// service it counted for).
     slices: BTreeMap<NamespacedName, Arc<EndpointSlice>>,
     shared: BTreeMap<Family, Shared>,
+    /// The shared sets' sizes and element counts, per family.
+    room: BTreeMap<Family, BTreeMap<String, Room>>,
     health_checks: BTreeMap<u16, HealthCheck>,
     totals: Totals,
+}
+
+/// A shared set's size in the kernel (its element limit, see
+/// `apply::set_capacity`) and how many elements it holds.
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    capacity: u32,
+    elements: usize,
+}
+
+/// The shared sets' counts once `d` is applied.
+fn room_after(room: &BTreeMap<String, Room>, d: &diff::Diff) -> BTreeMap<String, Room> {
+    let mut next = room.clone();
+    for op in &d.ops {
+        match op {
+            diff::Op::AddElements(set, e) => {
+                if let Some(r) = next.get_mut(*set) {
+                    r.elements += e.len();
+                }
+            }
+            diff::Op::DeleteElements(set, e) => {
+                if let Some(r) = next.get_mut(*set) {
+                    r.elements = r.elements.saturating_sub(e.len());
+                }
+            }
+            _ => {}
+        }
+    }
+    next
 }
 
 impl Installed {
@@ -448,7 +479,7 @@ impl Proxier {
         changes: Option<&[Change]>,
     ) -> Result<SyncReport, SyncError> {
         let start = Instant::now();
-        let res = self.sync_inner(snap, changes, start);
+        let res = self.sync_inner(snap, changes, start, Vec::new());
         self.metrics
             .sync_duration
             .observe(start.elapsed().as_secs_f64());
@@ -463,11 +494,14 @@ impl Proxier {
         res
     }
 
+    /// `carried`: (old, new) models of services whose UDP flows still need
+    /// checking, from a partial sync that turned into this full one.
     fn sync_inner(
         &mut self,
         snap: &Snapshot,
         changes: Option<&[Change]>,
         start: Instant,
+        carried: Vec<(ServiceModel, ServiceModel)>,
     ) -> Result<SyncReport, SyncError> {
         let (mc, pcs) = plan_configs(&self.cfg, snap);
         let partial = match (&mut self.installed, changes) {
@@ -479,7 +513,7 @@ impl Proxier {
         let mut batch = Batch::new();
         let mut report = SyncReport::default();
         let mut encode_time = Duration::ZERO;
-        let mut conntrack_pairs: Vec<(ServiceModel, ServiceModel)> = Vec::new();
+        let mut conntrack_pairs: Vec<(ServiceModel, ServiceModel)> = carried;
         let installed = match partial {
             Some((inst, ch)) => {
                 // Which services are affected: a changed Service, and the
@@ -572,17 +606,27 @@ impl Proxier {
                     let mut new_mini = shared_sets();
                     plan::merge(pc, &mut new_mini, new_f, Some(&pn), Some(&hn));
                     let d = diff::diff(Some(&old_mini), &new_mini);
-                    if d.full {
-                        // Only a changed set definition (affinity timeout) gets here.
+                    let room = inst.room.entry(*fam).or_default();
+                    let next = room_after(room, &d);
+                    if d.full || next.values().any(|r| r.elements > r.capacity as usize) {
+                        // A changed set definition (affinity timeout), or a
+                        // shared set outgrowing its size: replace the tables.
+                        let carried = changed
+                            .into_iter()
+                            .filter_map(|(_, o, n)| {
+                                Some((o?.model, n.map(|n| n.model).unwrap_or_default()))
+                            })
+                            .collect();
                         self.installed = None;
-                        return self.sync_inner(snap, None, start);
+                        return self.sync_inner(snap, None, start, carried);
                     }
+                    *room = next;
                     let (add, del, chains) = d.counts();
                     report.elements_added += add;
                     report.elements_deleted += del;
                     report.chains_changed += chains;
                     let t = Instant::now();
-                    apply::encode(&mut batch, *fam, &d, &skel.comment)?;
+                    apply::encode(&mut batch, *fam, &d, &skel.comment, &|_| None)?;
                     encode_time += t.elapsed();
                 }
                 let mut t = inst.totals;
@@ -628,6 +672,7 @@ impl Proxier {
                     services: BTreeMap::new(),
                     slices: snap.endpoint_slices.clone(),
                     shared: BTreeMap::new(),
+                    room: BTreeMap::new(),
                     health_checks: BTreeMap::new(),
                     totals: Totals::default(),
                 };
@@ -669,8 +714,21 @@ impl Proxier {
                     report.elements_added += add;
                     report.chains_changed += chains;
                     inst.totals.elements += elements;
+                    let room: BTreeMap<String, Room> = base
+                        .sets
+                        .iter()
+                        .filter(|(_, s)| !s.def.dynamic)
+                        .map(|(name, _)| {
+                            let elements = d.elements_of(name);
+                            let capacity = apply::set_capacity(elements);
+                            (name.clone(), Room { capacity, elements })
+                        })
+                        .collect();
                     let t = Instant::now();
-                    apply::encode(&mut batch, *fam, &d, &base.comment)?;
+                    apply::encode(&mut batch, *fam, &d, &base.comment, &|name| {
+                        room.get(name).map(|r| r.capacity)
+                    })?;
+                    inst.room.insert(*fam, room);
                     encode_time += t.elapsed();
                 }
                 if let Some(old) = self.installed.take() {
@@ -802,3 +860,71 @@ impl Proxier {
 }
 
 pub use conntrack::ConntrackError;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests::{slice, snapshot, svc};
+
+    #[test]
+    fn inputs_group_slices_under_their_services_and_keep_orphans() {
+        let one =
+            |svc: &str, suffix: &str| slice("ns", svc, suffix, "IPv4", &[("p", "TCP", 80)], &[]);
+        let s = snapshot(
+            vec![
+                svc("ns", "a", "10.96.0.1", &[("p", "TCP", 80, 0)]),
+                svc("ns", "c", "10.96.0.3", &[("p", "TCP", 80, 0)]),
+            ],
+            vec![one("c", "1"), one("b", "1"), one("a", "2"), one("a", "1")],
+        );
+        let got: Vec<(String, bool, Vec<String>)> = group_inputs(&s)
+            .into_iter()
+            .map(|(n, i)| {
+                let slices = i
+                    .slices
+                    .iter()
+                    .map(|s| s.metadata.name.to_string())
+                    .collect();
+                (n.to_string(), i.service.is_some(), slices)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "ns/a".to_string(),
+                    true,
+                    vec!["a-1".to_string(), "a-2".to_string()]
+                ),
+                ("ns/b".to_string(), false, vec!["b-1".to_string()]),
+                ("ns/c".to_string(), true, vec!["c-1".to_string()]),
+            ]
+        );
+    }
+
+    #[test]
+    fn room_counts_follow_added_and_deleted_elements() {
+        let k = |i: u16| plan::Fields::from([plan::Value::Port(i)]);
+        let (k1, k2, k3) = (k(1), k(2), k(3));
+        let none = None;
+        let d = diff::Diff {
+            full: false,
+            ops: vec![
+                diff::Op::DeleteElements("s", vec![&k1]),
+                diff::Op::AddElements("s", vec![(&k2, &none), (&k3, &none)]),
+                diff::Op::AddElements("dynamic", vec![(&k1, &none)]),
+            ],
+        };
+        let room: BTreeMap<String, Room> = [(
+            "s".to_string(),
+            Room {
+                capacity: 256,
+                elements: 10,
+            },
+        )]
+        .into();
+        let next = room_after(&room, &d);
+        assert_eq!(next["s"].elements, 11);
+        assert_eq!(next.len(), 1, "sets without a size are not tracked");
+    }
+}

@@ -97,7 +97,8 @@ fn partial_syncs_match_a_full_sync() {
     assert!(r.full);
 
     let sticky = json!({"sessionAffinity": "ClientIP", "externalTrafficPolicy": "Local"});
-    type Step = Box<dyn Fn(&mut Snapshot) -> Vec<(Kind, &'static str)>>;
+    // Each step changes the snapshot and returns the changed keys.
+    type Step = Box<dyn Fn(&mut Snapshot) -> Vec<(Kind, String)>>;
     let steps: Vec<Step> = vec![
         // new service b sharing pod-a (hairpin element refcounted)
         Box::new(move |s| {
@@ -105,19 +106,22 @@ fn partial_syncs_match_a_full_sync() {
                 .insert(nn("b"), Arc::new(svc("b", "10.96.0.2", 81, json!({}))));
             s.endpoint_slices
                 .insert(nn("b-1"), Arc::new(slice("b", &[("10.244.0.2", "node-a")])));
-            vec![(Kind::Service, "b"), (Kind::EndpointSlice, "b-1")]
+            vec![
+                (Kind::Service, "b".into()),
+                (Kind::EndpointSlice, "b-1".into()),
+            ]
         }),
         // a loses an endpoint (moves to pick-*-1, pick-*-2 goes away)
         Box::new(move |s| {
             s.endpoint_slices
                 .insert(nn("a-1"), Arc::new(slice("a", &[("10.244.1.2", "node-b")])));
-            vec![(Kind::EndpointSlice, "a-1")]
+            vec![(Kind::EndpointSlice, "a-1".into())]
         }),
         // b becomes sticky + Local (per-service chains, affinity sets)
         Box::new(move |s| {
             s.services
                 .insert(nn("b"), Arc::new(svc("b", "10.96.0.2", 81, sticky.clone())));
-            vec![(Kind::Service, "b")]
+            vec![(Kind::Service, "b".into())]
         }),
         // b's endpoints change while sticky
         Box::new(move |s| {
@@ -128,32 +132,70 @@ fn partial_syncs_match_a_full_sync() {
                     &[("10.244.0.3", "node-a"), ("10.244.1.3", "node-b")],
                 )),
             );
-            vec![(Kind::EndpointSlice, "b-1")]
+            vec![(Kind::EndpointSlice, "b-1".into())]
         }),
         // a's slice deleted: a has no endpoints (reject)
         Box::new(move |s| {
             s.endpoint_slices.remove(&nn("a-1"));
-            vec![(Kind::EndpointSlice, "a-1")]
+            vec![(Kind::EndpointSlice, "a-1".into())]
         }),
         // b deleted entirely
         Box::new(move |s| {
             s.services.remove(&nn("b"));
             s.endpoint_slices.remove(&nn("b-1"));
-            vec![(Kind::Service, "b"), (Kind::EndpointSlice, "b-1")]
+            vec![
+                (Kind::Service, "b".into()),
+                (Kind::EndpointSlice, "b-1".into()),
+            ]
+        }),
+        // c's slice arrives before c
+        Box::new(move |s| {
+            s.endpoint_slices
+                .insert(nn("c-1"), Arc::new(slice("c", &[("10.244.1.7", "node-b")])));
+            vec![(Kind::EndpointSlice, "c-1".into())]
+        }),
+        Box::new(move |s| {
+            s.services
+                .insert(nn("c"), Arc::new(svc("c", "10.96.0.3", 82, json!({}))));
+            vec![(Kind::Service, "c".into())]
+        }),
+        // a slice relabeled: c-1 now counts for a (a gets c's pod, c none)
+        Box::new(move |s| {
+            s.endpoint_slices
+                .insert(nn("c-1"), Arc::new(slice("a", &[("10.244.1.7", "node-b")])));
+            vec![(Kind::EndpointSlice, "c-1".into())]
+        }),
+        // Last: 300 new services in one sync outgrow the shared sets' size
+        // (256), so the sync replaces the tables with larger ones.
+        Box::new(move |s| {
+            let mut keys = Vec::new();
+            for i in 0..300u16 {
+                let name = format!("many-{i}");
+                let ip = format!("10.96.{}.{}", 1 + i / 250, i % 250 + 1);
+                s.services
+                    .insert(nn(&name), Arc::new(svc(&name, &ip, 1000 + i, json!({}))));
+                let sl = format!("{name}-1");
+                s.endpoint_slices
+                    .insert(nn(&sl), Arc::new(slice(&name, &[("10.244.1.8", "node-b")])));
+                keys.push((Kind::Service, name));
+                keys.push((Kind::EndpointSlice, sl));
+            }
+            keys
         }),
     ];
+    let last = steps.len() - 1;
     for (i, step) in steps.iter().enumerate() {
         let changed: Vec<Change> = step(&mut snap)
             .into_iter()
             .map(|(k, n)| Change {
-                key: key(k, n),
+                key: key(k, &n),
                 change: ChangeType::Modified,
             })
             .collect();
         let r = inc
             .enter(|| p.sync(&snap, Some(&changed)).unwrap())
             .unwrap();
-        assert!(!r.full, "step {i} was not partial");
+        assert_eq!(r.full, i == last, "step {i}: full {}", r.full);
         let full = fresh
             .enter(|| {
                 Proxier::new(cfg(), Arc::new(Metrics::new()))
