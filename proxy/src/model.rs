@@ -3,6 +3,7 @@
 //! the proxy configuration, no I/O. Bad objects are skipped (and reported in
 //! `Model::skipped`, which the caller logs) while everything else is kept.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -271,11 +272,12 @@ impl ServiceModel {
         });
     }
 
-    /// The model of service `name` with the EndpointSlices that name it.
-    pub fn build(
+    /// The model of service `name` with the EndpointSlices that name it
+    /// (`&EndpointSlice`s or `Arc`s).
+    pub fn build<S: Borrow<EndpointSlice>>(
         name: &NamespacedName,
         svc: &Service,
-        slices: &[&EndpointSlice],
+        slices: &[S],
         cfg: &ModelConfig,
     ) -> ServiceModel {
         let mut m = ServiceModel::default();
@@ -283,11 +285,11 @@ impl ServiceModel {
         m
     }
 
-    fn add_service(
+    fn add_service<S: Borrow<EndpointSlice>>(
         &mut self,
         name: &NamespacedName,
         svc: &Service,
-        slices: &[&EndpointSlice],
+        slices: &[S],
         cfg: &ModelConfig,
     ) {
         let spec = &svc.spec;
@@ -491,8 +493,8 @@ impl Candidates {
     }
 }
 
-fn endpoints_for(
-    slices: &[&EndpointSlice],
+fn endpoints_for<S: Borrow<EndpointSlice>>(
+    slices: &[S],
     fam: Family,
     port_name: &str,
     protocol: Protocol,
@@ -501,7 +503,7 @@ fn endpoints_for(
     let mut all = Candidates::default();
     let mut local = Candidates::default();
     let mut maybe_local = Vec::new();
-    for slice in slices {
+    for slice in slices.iter().map(Borrow::borrow) {
         if slice.address_type != fam.address_type() {
             continue;
         }

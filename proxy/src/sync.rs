@@ -154,7 +154,8 @@ struct Inputs {
 /// a sync and dropped after it.
 struct ServiceState {
     model: ServiceModel,
-    frags: BTreeMap<Family, Vec<Fragment>>,
+    /// One per service port and family, in the model's order.
+    frags: Vec<(Family, Fragment)>,
 }
 
 /// Reference counts of shared objects in one family's table.
@@ -335,8 +336,7 @@ fn plan_configs(cfg: &ProxyConfig, snap: &Snapshot) -> (ModelConfig, BTreeMap<Fa
 
 fn model_of(name: &NamespacedName, inputs: &Inputs, mc: &ModelConfig) -> Option<ServiceModel> {
     let svc = inputs.service.as_deref()?;
-    let slices: Vec<&EndpointSlice> = inputs.slices.iter().map(|s| s.as_ref()).collect();
-    Some(ServiceModel::build(name, svc, &slices, mc))
+    Some(ServiceModel::build(name, svc, &inputs.slices, mc))
 }
 
 fn service_state(
@@ -346,19 +346,22 @@ fn service_state(
     pcs: &BTreeMap<Family, PlanConfig>,
 ) -> Option<ServiceState> {
     let model = model_of(name, inputs, mc)?;
-    let frags = pcs
+    let frags = model
+        .ports
         .iter()
-        .map(|(fam, pc)| {
-            (
-                *fam,
-                model
-                    .family(*fam)
-                    .map(|sp| plan::fragment(pc, sp))
-                    .collect(),
-            )
+        .filter_map(|sp| {
+            let fam = Family::of(&sp.cluster_ip);
+            Some((fam, plan::fragment(pcs.get(&fam)?, sp)))
         })
         .collect();
     Some(ServiceState { model, frags })
+}
+
+fn frags_of(st: &ServiceState, fam: Family) -> impl Iterator<Item = &Fragment> {
+    st.frags
+        .iter()
+        .filter(move |(f, _)| *f == fam)
+        .map(|(_, frag)| frag)
 }
 
 fn has_udp(svc: &Service) -> bool {
@@ -371,7 +374,7 @@ fn has_udp(svc: &Service) -> bool {
 fn totals_of(st: &ServiceState) -> Totals {
     let m = &st.model;
     Totals {
-        own_chains: st.frags.values().flatten().map(|f| f.chains.len()).sum(),
+        own_chains: st.frags.iter().map(|(_, f)| f.chains.len()).sum(),
         service_ports: m.ports.len(),
         endpoints: m.ports.iter().map(|sp| sp.cluster_endpoints.len()).sum(),
         elements: 0,
@@ -592,12 +595,12 @@ impl Proxier {
                     let old_f: Vec<&Fragment> = changed
                         .iter()
                         .filter_map(|(_, o, _)| o.as_ref())
-                        .flat_map(|o| &o.frags[fam])
+                        .flat_map(|o| frags_of(o, *fam))
                         .collect();
                     let new_f: Vec<&Fragment> = changed
                         .iter()
                         .filter_map(|(_, _, n)| n.as_ref())
-                        .flat_map(|n| &n.frags[fam])
+                        .flat_map(|n| frags_of(n, *fam))
                         .collect();
                     let shared = inst.shared.entry(*fam).or_default();
                     let (pg, pn, hg, hn) = shift_shared(shared, &old_f, &new_f);
@@ -690,12 +693,9 @@ impl Proxier {
                     }
                     inst.totals.add(&totals_of(&st));
                     inst.health_checks.extend(st.model.health_check.clone());
-                    for (fam, frags) in st.frags {
+                    for (fam, f) in st.frags {
                         let acc = all.entry(fam).or_default();
-                        let shared = inst.shared.entry(fam).or_default();
-                        for f in frags {
-                            absorb(acc, shared, f);
-                        }
+                        absorb(acc, inst.shared.entry(fam).or_default(), f);
                     }
                     if self.installed.is_some() && inputs.service.as_deref().is_some_and(has_udp) {
                         udp_models.insert(name.clone(), st.model);
