@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use netns_fixtures::Netns;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const GATEWAY6: &str = "fd00:10:244::1";
 const NODE6: &str = "fd00:90::1";
@@ -88,40 +88,6 @@ fn add_pod_ipv6(c: &Cluster, name: &str, ip6: &str) {
     });
 }
 
-fn service_with(name: &str, ips: &[&str], policy: &str, ports: Value) -> Value {
-    let families: Vec<&str> = ips
-        .iter()
-        .map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" })
-        .collect();
-    let has_np = ports
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p.get("nodePort").is_some());
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"clusterIP": ips[0], "clusterIPs": ips, "ipFamilies": families,
-                 "ipFamilyPolicy": policy,
-                 "type": if has_np { "NodePort" } else { "ClusterIP" }, "ports": ports}
-    })
-}
-
-fn slice6(svc: &str, suffix: &str, ports: Value, eps: &[(&str, &str)]) -> Value {
-    let endpoints: Vec<Value> = eps
-        .iter()
-        .map(|(ip, node)| json!({"addresses": [ip], "nodeName": node, "conditions": {"ready": true}}))
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("{svc}-{suffix}"), "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": svc}},
-        "addressType": "IPv6",
-        "ports": ports,
-        "endpoints": endpoints
-    })
-}
-
 fn count(answers: &[std::io::Result<String>], pod: &str) -> usize {
     answers
         .iter()
@@ -158,7 +124,7 @@ fn ipv6_and_dual_stack_services_carry_connections() {
         "TCP",
         &[("10.244.0.2", "node-a"), ("10.244.0.3", "node-b")],
     ));
-    c.put(slice6(
+    c.put(slice_with(
         "web",
         "v6",
         slice_ports,
@@ -171,7 +137,7 @@ fn ipv6_and_dual_stack_services_carry_connections() {
         "SingleStack",
         json!([{"name": "p", "port": 81, "targetPort": 8080}]),
     ));
-    c.put(slice6(
+    c.put(slice_with(
         "only6",
         "v6",
         json!([{"name": "p", "port": 8080, "protocol": "TCP"}]),

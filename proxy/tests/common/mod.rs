@@ -305,6 +305,16 @@ pub fn udp_ask(ns: &Netns, addr: &str, src_port: u16) -> std::io::Result<String>
 }
 
 pub fn service(name: &str, ip: &str, ports: Value) -> Value {
+    service_with(name, &[ip], "SingleStack", ports)
+}
+
+/// A Service with ClusterIPs `ips` (one per family, primary first) and
+/// `ipFamilyPolicy` `policy`; NodePort type when a port has a nodePort.
+pub fn service_with(name: &str, ips: &[&str], policy: &str, ports: Value) -> Value {
+    let families: Vec<&str> = ips
+        .iter()
+        .map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" })
+        .collect();
     let has_np = ports
         .as_array()
         .unwrap()
@@ -313,21 +323,36 @@ pub fn service(name: &str, ip: &str, ports: Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": "default"},
-        "spec": {"clusterIP": ip, "clusterIPs": [ip], "type": if has_np { "NodePort" } else { "ClusterIP" }, "ports": ports}
+        "spec": {"clusterIP": ips[0], "clusterIPs": ips, "ipFamilies": families,
+                 "ipFamilyPolicy": policy,
+                 "type": if has_np { "NodePort" } else { "ClusterIP" }, "ports": ports}
     })
 }
 
-/// An EndpointSlice for `svc` with (ip, node) endpoints, port name "p".
+/// An EndpointSlice `<svc>-1` for `svc` with (ip, node) endpoints, port name "p".
 pub fn slice(svc: &str, port: u16, proto: &str, eps: &[(&str, &str)]) -> Value {
+    slice_with(
+        svc,
+        "1",
+        json!([{"name": "p", "port": port, "protocol": proto}]),
+        eps,
+    )
+}
+
+/// An EndpointSlice `<svc>-<suffix>` with ready (ip, node) endpoints; the
+/// address type follows the first endpoint's address.
+pub fn slice_with(svc: &str, suffix: &str, ports: Value, eps: &[(&str, &str)]) -> Value {
     let endpoints: Vec<Value> = eps
         .iter()
         .map(|(ip, node)| json!({"addresses": [ip], "nodeName": node, "conditions": {"ready": true}}))
         .collect();
+    let v6 = eps.first().is_some_and(|(ip, _)| ip.contains(':'));
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("{svc}-1"), "namespace": "default", "labels": {"kubernetes.io/service-name": svc}},
-        "addressType": "IPv4",
-        "ports": [{"name": "p", "port": port, "protocol": proto}],
+        "metadata": {"name": format!("{svc}-{suffix}"), "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": if v6 { "IPv6" } else { "IPv4" },
+        "ports": ports,
         "endpoints": endpoints
     })
 }
