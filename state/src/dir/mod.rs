@@ -722,15 +722,23 @@ fn apply(st: &mut State, r: Record) {
     }
 }
 
-fn read_dir(dir: &Path) -> StoreResult<Vec<(PathBuf, fs::Metadata)>> {
-    let mut v = Vec::new();
+/// The entries of `dir`; none when it does not exist (yet).
+fn dir_entries(dir: &Path) -> StoreResult<impl Iterator<Item = StoreResult<fs::DirEntry>> + '_> {
     let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(v),
+        Ok(rd) => Some(rd),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err("listing", dir, e)),
     };
-    for e in rd {
-        let e = e.map_err(|e| io_err("listing", dir, e))?;
+    Ok(rd
+        .into_iter()
+        .flatten()
+        .map(move |e| e.map_err(|e| io_err("listing", dir, e))))
+}
+
+fn read_dir(dir: &Path) -> StoreResult<Vec<(PathBuf, fs::Metadata)>> {
+    let mut v = Vec::new();
+    for e in dir_entries(dir)? {
+        let e = e?;
         // metadata follows symlinks, so a symlinked object file works.
         if let Ok(m) = fs::metadata(e.path()) {
             v.push((e.path(), m));
@@ -745,13 +753,8 @@ fn read_dir(dir: &Path) -> StoreResult<Vec<(PathBuf, fs::Metadata)>> {
 /// path walk per file on a list of thousands.
 fn object_files(dir: &Path) -> StoreResult<Vec<(String, usize, FileStat)>> {
     let mut v = Vec::new();
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(v),
-        Err(e) => return Err(io_err("listing", dir, e)),
-    };
-    for e in rd {
-        let e = e.map_err(|e| io_err("listing", dir, e))?;
+    for e in dir_entries(dir)? {
+        let e = e?;
         let file = e.file_name();
         let Some(file) = file.to_str() else {
             continue;
