@@ -13,12 +13,12 @@ use podnet_nft::{
 };
 
 use crate::diff::{Diff, Op};
-use crate::fxhash::FxHashMap;
 use crate::model::Family;
 use crate::plan::{
     Chain, ChainType, ElemData, FieldType, Fields, Hook, KeyExpr, Rule, SetData, SetDef, Stmt,
     Value, Verdict, TABLE,
 };
+use rustc_hash::FxHashMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -345,6 +345,7 @@ impl Enc<'_> {
         let mut bytes: Vec<u8> = Vec::with_capacity(elems.len() * 24);
         let mut spans: Vec<(usize, usize, Data)> = Vec::with_capacity(elems.len());
         let mut verdicts: Vec<NftVerdict> = Vec::new();
+        // Fx, not SipHash: keys the proxy derived itself, hashed by the ten thousand.
         let mut verdict_index: FxHashMap<&'e Verdict, usize> = FxHashMap::default();
         let mut scratch: Vec<Val> = Vec::with_capacity(Fields::MAX);
         let mut put = |vs: &[Value], bytes: &mut Vec<u8>| {

@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::fxhash::FxHashSet;
 use crate::plan::{Chain, ElemData, Fields, Fragment, Set, SetDef, TablePlan};
+use rustc_hash::FxHashSet;
 
 /// One operation on the table, in transaction order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +135,7 @@ pub fn full_from_fragments<'a>(base: &'a TablePlan, frags: &[&'a Fragment]) -> (
     for (name, mut elems) in by_set {
         // Keep the first claimant of a duplicate key (order does not
         // matter to the kernel; a hash set is cheaper than sorting).
+        // Fx, not SipHash: keys the proxy derived itself, hashed by the ten thousand.
         let mut seen: FxHashSet<&Fields> = FxHashSet::default();
         seen.reserve(elems.len());
         elems.retain(|(k, _)| seen.insert(*k));

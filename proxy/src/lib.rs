@@ -9,15 +9,14 @@
 //! Around it: `sync` (the coalescing sync loop), `conntrack` (flushes UDP flows
 //! to removed endpoints), `http` (`/metrics`, `/healthz`, healthCheckNodePort
 //! responders), `metrics`, `cli` (flags and config file), `daemon` (the
-//! long-running loop the thin binary calls), `memory` (glibc allocator
-//! policy) and `fxhash` (a fast hasher for the sets a sync builds).
+//! long-running loop the thin binary calls) and `memory` (glibc allocator
+//! policy).
 
 pub mod apply;
 pub mod cli;
 pub mod conntrack;
 pub mod daemon;
 pub mod diff;
-pub mod fxhash;
 pub mod http;
 pub mod memory;
 pub mod metrics;
