@@ -495,17 +495,6 @@ impl Backoff {
     }
 }
 
-/// A list's raw JSON text and the full typed objects decoded from it take
-/// several times the memory of the compact forms kept; once they are freed,
-/// hand the pages back (glibc keeps them otherwise).
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Most events applied as one change set: bounds the time the snapshot lock is held.
 const MAX_BATCH: usize = 10_000;
 
@@ -551,7 +540,9 @@ async fn run_kind(store: Arc<dyn Store>, kind: Kind, shared: Arc<Shared>) {
                     need_list = false;
                     tracing::debug!(kind = %kind, objects = count, revision = rev, "listed");
                     shared.publish(kind, updates, rev, true);
-                    release_free_memory();
+                    // The list's JSON text and full typed objects were several
+                    // times the compact forms kept; hand their pages back.
+                    crate::memory::release_freed();
                     backoff.reset();
                 }
                 Err(StoreError::Compacted { revision, .. }) => {

@@ -12,12 +12,14 @@
 //!   Services, EndpointSlices and Pods in their `compact` forms.
 //! - `subnet`: node pod-subnet claims on top of `create_if_absent` + leases.
 //! - `ctl`: what the `podnetctl` binary does.
+//! - `memory`: glibc allocator policy for processes that keep a snapshot.
 
 pub mod compact;
 pub mod ctl;
 pub mod dir;
 pub mod etcd;
 pub mod informer;
+pub mod memory;
 pub mod object;
 mod open;
 pub mod parse;
