@@ -56,7 +56,23 @@ fn val(v: &Value) -> Val {
         Value::Proto(p) => Val::Proto(p.number()),
         Value::Port(p) => Val::Port(*p),
         Value::Index(i) => Val::U32(*i),
+        Value::Net(n) => Val::ip(n.network()),
     }
+}
+
+/// An interval set's element: the key with its network as the range's first
+/// address, and the key with the network's last address as `key_end`
+/// (concatenated ranges end inclusively).
+fn interval_elem(k: &Fields) -> SetElem {
+    let first: Vec<Val> = k.iter().map(val).collect();
+    let last: Vec<Val> = k
+        .iter()
+        .map(|v| match v {
+            Value::Net(n) => Val::ip(n.broadcast()),
+            v => val(v),
+        })
+        .collect();
+    SetElem::new(&first).key_end(&last)
 }
 
 fn verdict(v: &Verdict) -> NftVerdict {
@@ -314,6 +330,7 @@ impl Enc<'_> {
         s = s.flags(SetFlags {
             dynamic: d.dynamic,
             timeout: d.timeout.is_some(),
+            interval: d.interval,
             ..Default::default()
         });
         if let Some(t) = d.timeout {
@@ -326,6 +343,24 @@ impl Enc<'_> {
             .add_set(&s)
             .map(|_| ())
             .map_err(self.err(format!("set {name}")))
+    }
+
+    /// Elements of an interval set (a handful per service with source
+    /// ranges): one `SetElem` each, with its range end.
+    fn interval_elements(
+        &mut self,
+        set: &str,
+        keys: &[&Fields],
+        add: bool,
+    ) -> Result<(), ApplyError> {
+        let list: Vec<SetElem> = keys.iter().map(|k| interval_elem(k)).collect();
+        let nf = self.nf();
+        let res = if add {
+            self.batch.add_elements(nf, TABLE, set, &list)
+        } else {
+            self.batch.delete_elements(nf, TABLE, set, &list)
+        };
+        res.map_err(self.err(format!("{} elements of {set}", list.len())))
     }
 
     fn elements<'e>(
@@ -410,6 +445,11 @@ pub fn set_capacity(elements: usize) -> u32 {
         .unwrap_or(1 << 31)
 }
 
+/// Keys with a range belong to an interval set (all of its keys have one).
+fn is_interval(k: &Fields) -> bool {
+    k.iter().any(|v| matches!(v, Value::Net(_)))
+}
+
 /// Appends the operations of `diff` (for `family`) to `batch`. Sets it
 /// creates get `capacity(name)` as their size (none: unlimited).
 pub fn encode(
@@ -427,6 +467,9 @@ pub fn encode(
             Op::DeleteTable => e.batch.delete_table(nf, TABLE),
             Op::AddSet(name, def) => e.set(name, def, capacity(name))?,
             Op::AddChain(name, c) => e.chain(name, c)?,
+            Op::DeleteElements(set, keys) if keys.first().is_some_and(|k| is_interval(k)) => {
+                e.interval_elements(set, keys, false)?
+            }
             Op::DeleteElements(set, keys) => {
                 e.elements(set, keys.iter().map(|k| (*k, None)), false)?
             }
@@ -435,6 +478,10 @@ pub fn encode(
                 for r in &c.rules {
                     e.rule(name, r)?;
                 }
+            }
+            Op::AddElements(set, elems) if elems.first().is_some_and(|(k, _)| is_interval(k)) => {
+                let keys: Vec<&Fields> = elems.iter().map(|(k, _)| *k).collect();
+                e.interval_elements(set, &keys, true)?
             }
             Op::AddElements(set, elems) => {
                 e.elements(set, elems.iter().map(|(k, d)| (*k, Some(*d))), true)?

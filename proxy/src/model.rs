@@ -134,6 +134,13 @@ pub struct ServicePort {
     /// `internalTrafficPolicy: Local`.
     pub internal_policy_local: bool,
     pub health_check_node_port: Option<u16>,
+    /// `loadBalancerSourceRanges` of this family (networks): when not empty,
+    /// only these sources may reach the load balancer IPs.
+    pub source_ranges: Vec<IpNetwork>,
+    /// A source range holds a node IP: the node may also reach the LB IPs
+    /// with an LB IP as source (kube-proxy's rule for VIPs the node has as a
+    /// local address, where the traffic loops back instead of passing the LB).
+    pub source_ranges_allow_node: bool,
 }
 
 impl ServicePort {
@@ -177,6 +184,8 @@ pub struct ModelConfig {
     /// Service ClusterIP ranges; a ClusterIP outside them is rejected. Empty
     /// for a family = no check for it.
     pub service_cidrs: Vec<IpNetwork>,
+    /// This node's addresses (its Node object's InternalIPs).
+    pub node_ips: Vec<IpAddr>,
 }
 
 /// An object (or part of one) that was left out, and why.
@@ -341,6 +350,11 @@ impl ServiceModel {
         } else {
             Vec::new()
         };
+        let source_ranges = if spec.type_ == ServiceType::LoadBalancer {
+            self.parse_ranges(name, &spec.load_balancer_source_ranges)
+        } else {
+            Vec::new()
+        };
         let affinity_timeout = spec.session_affinity_client_ip.then(|| {
             spec.session_affinity_timeout_seconds
                 .filter(|t| *t > 0)
@@ -408,7 +422,20 @@ impl ServiceModel {
                     external_policy_local: false,
                     internal_policy_local: itp_local,
                     health_check_node_port: None,
+                    source_ranges: Vec::new(),
+                    source_ranges_allow_node: false,
                 };
+                let ranges = disjoint(
+                    source_ranges
+                        .iter()
+                        .filter(|n| Family::of(&n.ip()) == fam)
+                        .copied()
+                        .collect(),
+                );
+                sp.source_ranges_allow_node = ranges
+                    .iter()
+                    .any(|n| cfg.node_ips.iter().any(|ip| n.contains(*ip)));
+                sp.source_ranges = ranges;
                 if etp_local && sp.externally_accessible() {
                     sp.external_policy_local = true;
                     sp.health_check_node_port = spec.health_check_node_port;
@@ -432,6 +459,27 @@ impl ServiceModel {
         }
     }
 
+    /// Valid CIDRs (as networks, deduplicated); invalid ones are reported and ignored.
+    fn parse_ranges(&mut self, name: &NamespacedName, ranges: &[Str]) -> Vec<IpNetwork> {
+        let mut out = Vec::new();
+        for s in ranges {
+            let net = s
+                .trim()
+                .parse::<IpNetwork>()
+                .ok()
+                .and_then(|n| IpNetwork::new(n.network(), n.prefix()).ok());
+            match net {
+                Some(n) if !out.contains(&n) => out.push(n),
+                Some(_) => {}
+                None => self.skip(
+                    format!("service {name}"),
+                    format!("loadBalancerSourceRange {s:?} is not a CIDR (ignored)"),
+                ),
+            }
+        }
+        out
+    }
+
     fn parse_ips<'a>(
         &mut self,
         name: &NamespacedName,
@@ -451,6 +499,17 @@ impl ServiceModel {
         }
         out
     }
+}
+
+/// CIDRs nest or are disjoint: without those inside another the rest are
+/// disjoint, as an interval set needs (the kernel rejects overlapping ranges).
+fn disjoint(mut nets: Vec<IpNetwork>) -> Vec<IpNetwork> {
+    let all = nets.clone();
+    nets.retain(|n| {
+        !all.iter()
+            .any(|o| o.prefix() < n.prefix() && o.contains(n.network()))
+    });
+    nets
 }
 
 pub fn slices_by_service(snapshot: &Snapshot) -> BTreeMap<NamespacedName, Vec<&EndpointSlice>> {
@@ -671,6 +730,7 @@ pub(crate) mod tests {
                 "10.96.0.0/16".parse().unwrap(),
                 "fd00:96::/112".parse().unwrap(),
             ],
+            node_ips: vec!["192.168.0.10".parse().unwrap()],
         }
     }
 
@@ -809,6 +869,61 @@ pub(crate) mod tests {
             kept,
             vec!["default/mixed:dns/udp", "default/mixed:http/tcp"]
         );
+    }
+
+    #[test]
+    fn load_balancer_source_ranges_per_family_disjoint_invalid_skipped() {
+        let mut lb = svc(
+            "default",
+            "lb",
+            "10.96.0.30,fd00:96::30",
+            &[("http", "TCP", 80, 30080)],
+        );
+        let spec = lb.spec.as_mut().unwrap();
+        spec.type_ = Some("LoadBalancer".into());
+        spec.load_balancer_source_ranges = Some(
+            [
+                "10.0.0.0/8",
+                "10.20.0.0/16",
+                "10.0.0.0/8",
+                "192.168.0.7/24",
+                "2001:db8::/32",
+                "nope/8",
+                "",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        let mut cip = svc("default", "cip", "10.96.0.31", &[("http", "TCP", 80, 0)]);
+        cip.spec.as_mut().unwrap().load_balancer_source_ranges =
+            Some(vec!["10.0.0.0/8".into(), "bad".into()]);
+        let m = Model::build(&snapshot(vec![lb, cip], vec![]), &cfg());
+        let skipped: Vec<String> = m.skipped.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            skipped,
+            [
+                "service default/lb: loadBalancerSourceRange \"nope/8\" is not a CIDR (ignored)",
+                "service default/lb: loadBalancerSourceRange \"\" is not a CIDR (ignored)",
+            ],
+            "ranges of other service types are not looked at"
+        );
+        let nets =
+            |v: &[&str]| -> Vec<IpNetwork> { v.iter().map(|n| n.parse().unwrap()).collect() };
+        let lb4 = &m.v4[&spn("default", "lb", "http", Protocol::Tcp)];
+        assert_eq!(
+            lb4.source_ranges,
+            nets(&["10.0.0.0/8", "192.168.0.0/24"]),
+            "deduplicated, as networks, nested ranges dropped"
+        );
+        assert!(
+            lb4.source_ranges_allow_node,
+            "192.168.0.0/24 holds the node IP"
+        );
+        let lb6 = &m.v6[&spn("default", "lb", "http", Protocol::Tcp)];
+        assert_eq!(lb6.source_ranges, nets(&["2001:db8::/32"]));
+        assert!(!lb6.source_ranges_allow_node);
+        let cip4 = &m.v4[&spn("default", "cip", "http", Protocol::Tcp)];
+        assert!(cip4.source_ranges.is_empty());
     }
 
     #[test]

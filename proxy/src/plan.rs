@@ -209,6 +209,9 @@ pub enum Value {
     Proto(Protocol),
     Port(u16),
     Index(u32),
+    /// A network in an interval set's key (the range from its first to its
+    /// last address).
+    Net(IpNetwork),
 }
 
 /// An element's key or map value: up to `Fields::MAX` values stored inline
@@ -307,6 +310,8 @@ pub struct SetDef {
     pub timeout: Option<u32>,
     /// Updated from the packet path (`update @set`).
     pub dynamic: bool,
+    /// Keys hold ranges (`flags interval`; the last field is a `Value::Net`).
+    pub interval: bool,
     pub comment: String,
 }
 
@@ -369,6 +374,10 @@ pub const REJECT_CHAIN: &str = "reject-chain";
 pub const MARK_MASQ: &str = "mark-for-masquerade";
 pub const MASQUERADING: &str = "masquerading";
 pub const HAIRPIN: &str = "hairpin-endpoints";
+pub const FIREWALL_CHECK: &str = "firewall-check";
+pub const FIREWALL_ALLOW_CHECK: &str = "firewall-allow-check";
+pub const FIREWALL_IPS: &str = "firewall-ips";
+pub const FIREWALL_ALLOW: &str = "firewall-allow";
 
 /// Traffic classes of the shared `pick-*` chains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -588,7 +597,16 @@ impl Builder<'_> {
             hook,
             priority,
         };
+        // loadBalancerSourceRanges are checked before DNAT (filter priority
+        // dstnat-10) on the LB IP itself, for traffic arriving and leaving
+        // this node's own processes alike (kube-proxy's hooks).
         let bases = [
+            (
+                "filter-prerouting",
+                filter(Hook::Prerouting),
+                FIREWALL_CHECK,
+                true,
+            ),
             ("filter-input", filter(Hook::Input), ENDPOINTS_CHECK, true),
             (
                 "filter-forward",
@@ -596,7 +614,7 @@ impl Builder<'_> {
                 ENDPOINTS_CHECK,
                 true,
             ),
-            ("filter-output", filter(Hook::Output), ENDPOINTS_CHECK, true),
+            ("filter-output", filter(Hook::Output), FIREWALL_CHECK, true),
             (
                 "nat-prerouting",
                 nat(Hook::Prerouting, PRIO_DSTNAT),
@@ -617,17 +635,24 @@ impl Builder<'_> {
             ),
         ];
         for (name, base, target, new_only) in bases {
-            let mut stmts = Vec::new();
-            if new_only {
-                stmts.push(Stmt::CtStateNew);
+            let jump = |target: &str| {
+                let mut stmts = Vec::new();
+                if new_only {
+                    stmts.push(Stmt::CtStateNew);
+                }
+                stmts.push(Stmt::Verdict(Verdict::Jump(target.into())));
+                Rule::new(stmts)
+            };
+            let mut rules = vec![jump(target)];
+            if name == "filter-output" {
+                rules.push(jump(ENDPOINTS_CHECK));
             }
-            stmts.push(Stmt::Verdict(Verdict::Jump(target.into())));
             self.plan.chains.insert(
                 name.into(),
                 Chain {
                     base: Some(base),
                     comment: None,
-                    rules: vec![Rule::new(stmts)],
+                    rules,
                 },
             );
         }
@@ -637,6 +662,7 @@ impl Builder<'_> {
             data: Some(SetData::Verdict),
             timeout: None,
             dynamic: false,
+            interval: false,
             comment: comment.into(),
         };
         self.set(
@@ -685,12 +711,63 @@ impl Builder<'_> {
         )
         .rules
         .push(Rule::new(vec![Stmt::Vmap {
-            key: vip_key,
+            key: vip_key.clone(),
             map: NO_ENDPOINT_SERVICES.into(),
         }]));
         for r in self.nodeport_rules(NO_ENDPOINT_NODEPORTS) {
             self.rule(ENDPOINTS_CHECK, r);
         }
+        self.set(
+            FIREWALL_IPS,
+            SetDef {
+                key: vec![a, FieldType::InetProto, FieldType::InetService],
+                data: None,
+                timeout: None,
+                dynamic: false,
+                interval: false,
+                comment: "destinations that are subject to LoadBalancerSourceRanges".into(),
+            },
+        );
+        self.set(
+            FIREWALL_ALLOW,
+            SetDef {
+                key: vec![a, FieldType::InetProto, FieldType::InetService, a],
+                data: None,
+                timeout: None,
+                dynamic: false,
+                interval: true,
+                comment: "destinations . sources that LoadBalancerSourceRanges allow".into(),
+            },
+        );
+        self.chain(
+            FIREWALL_CHECK,
+            Some("new connections to load balancer IPs with source ranges".into()),
+        )
+        .rules
+        .push(Rule::new(vec![
+            Stmt::InSet {
+                key: vip_key.clone(),
+                set: FIREWALL_IPS.into(),
+            },
+            Stmt::Verdict(Verdict::Jump(FIREWALL_ALLOW_CHECK.into())),
+        ]));
+        let mut allow_key = vip_key.clone();
+        allow_key.push(KeyExpr::Saddr);
+        self.chain(
+            FIREWALL_ALLOW_CHECK,
+            Some("drop sources outside the load balancer's source ranges".into()),
+        )
+        .rules
+        .extend([
+            Rule::new(vec![
+                Stmt::InSet {
+                    key: allow_key,
+                    set: FIREWALL_ALLOW.into(),
+                },
+                Stmt::Verdict(Verdict::Return),
+            ]),
+            Rule::new(vec![Stmt::Verdict(Verdict::Drop)]),
+        ]);
         self.chain(
             REJECT_CHAIN,
             Some("helper for @no-endpoint-services / @no-endpoint-nodeports".into()),
@@ -718,6 +795,7 @@ impl Builder<'_> {
                     data: None,
                     timeout: None,
                     dynamic: false,
+                    interval: false,
                     comment: "endpoint . endpoint: a pod reaching itself through a service".into(),
                 },
             );
@@ -748,6 +826,7 @@ impl Builder<'_> {
                     data: Some(vip_data.clone()),
                     timeout: None,
                     dynamic: false,
+                    interval: false,
                     comment: "service IP . protocol . port . endpoint index -> endpoint".into(),
                 },
             );
@@ -762,6 +841,7 @@ impl Builder<'_> {
                     data: Some(vip_data),
                     timeout: None,
                     dynamic: false,
+                    interval: false,
                     comment: "protocol . nodePort . endpoint index -> endpoint".into(),
                 },
             );
@@ -804,6 +884,7 @@ impl Builder<'_> {
     }
 
     fn service_port(&mut self, sp: &ServicePort) {
+        self.firewall(sp);
         let externals: Vec<IpAddr> = sp
             .external_ips
             .iter()
@@ -823,6 +904,29 @@ impl Builder<'_> {
             self.per_service_port(sp, &externals);
         } else {
             self.mapped_service_port(sp, &externals);
+        }
+    }
+
+    /// loadBalancerSourceRanges: each LB IP of the port is filtered, the
+    /// ranges (and the LB IP itself when a range holds the node) may pass.
+    /// NodePorts and externalIPs are not filtered (as in kube-proxy).
+    fn firewall(&mut self, sp: &ServicePort) {
+        if sp.source_ranges.is_empty() {
+            return;
+        }
+        for ip in &sp.load_balancer_ips {
+            let k = self.vip_key(*ip, sp);
+            self.elem(FIREWALL_IPS, k, None);
+            // The LB IP as a source, unless a range holds it already (the
+            // kernel rejects overlapping ranges).
+            let own = (sp.source_ranges_allow_node
+                && !sp.source_ranges.iter().any(|n| n.contains(*ip)))
+            .then(|| host_net(*ip));
+            for net in sp.source_ranges.iter().copied().chain(own) {
+                let mut allow = k;
+                allow.push(Value::Net(net));
+                self.elem(FIREWALL_ALLOW, allow, None);
+            }
         }
     }
 
@@ -973,6 +1077,7 @@ impl Builder<'_> {
                         data: None,
                         timeout: Some(timeout),
                         dynamic: true,
+                        interval: false,
                         comment: format!("clients of {name} pinned to {ep}"),
                     },
                 );
@@ -1442,6 +1547,125 @@ mod tests {
                 "pick-nodeport-1"
             ]
         );
+    }
+
+    /// A LoadBalancer service with ingress IPs and source ranges.
+    pub(crate) fn lb_service(
+        name: &str,
+        cluster_ips: &str,
+        ingress: &[&str],
+        ranges: &[&str],
+    ) -> k8s_openapi::api::core::v1::Service {
+        let mut s = svc("default", name, cluster_ips, &[("http", "TCP", 80, 30080)]);
+        let spec = s.spec.as_mut().unwrap();
+        spec.type_ = Some("LoadBalancer".into());
+        spec.load_balancer_source_ranges = Some(ranges.iter().map(|r| r.to_string()).collect());
+        s.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(
+                    ingress
+                        .iter()
+                        .map(|ip| LoadBalancerIngress {
+                            ip: Some(ip.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        });
+        s
+    }
+
+    /// fw: dual-stack LB with ranges of both families (one holds the node's
+    /// IP, one is invalid); open: LB without ranges; local: eTP=Local LB
+    /// (per-service chains) with a range.
+    #[test]
+    fn golden_firewall() {
+        let mut fw = lb_service(
+            "fw",
+            "10.96.0.40,fd00:96::40",
+            &["198.51.100.40", "2001:db8::40"],
+            &[
+                "203.0.113.0/24",
+                " 192.168.0.0/24 ",
+                "2001:db8:1::/48",
+                "10.1.2.3/8",
+                "10.20.0.0/16",
+                "bogus",
+            ],
+        );
+        fw.spec.as_mut().unwrap().external_ips = Some(vec!["192.0.2.40".into()]);
+        let mut local = lb_service(
+            "local",
+            "10.96.0.41",
+            &["198.51.100.41"],
+            &["203.0.113.7/32", "192.168.0.0/16", "198.51.100.0/24"],
+        );
+        local.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        let eps = |svc: &str, fam: &str, ip: &str| {
+            slice(
+                "default",
+                svc,
+                fam,
+                fam,
+                &[("http", "TCP", 8080)],
+                &[(ip, "node-a", true, true, false)],
+            )
+        };
+        let s = snapshot(
+            vec![
+                fw,
+                lb_service("open", "10.96.0.42", &["198.51.100.42"], &[]),
+                local,
+            ],
+            vec![
+                eps("fw", "IPv4", "10.244.0.40"),
+                eps("fw", "IPv6", "fd00:244::40"),
+                eps("open", "IPv4", "10.244.0.42"),
+                eps("local", "IPv4", "10.244.0.41"),
+            ],
+        );
+        let m = Model::build(&s, &cfg());
+        let skipped: Vec<String> = m.skipped.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            skipped,
+            ["service default/fw: loadBalancerSourceRange \"bogus\" is not a CIDR (ignored)"]
+        );
+        let v4 = build(&pcfg(Family::V4, Layout::Podnet), m.v4.values());
+        let v6 = build(&pcfg(Family::V6, Layout::Podnet), m.v6.values());
+        golden(
+            "firewall.nft",
+            &format!("{}\n{}", render::table(&v4), render::table(&v6)),
+        );
+        let allow = &v4.sets[FIREWALL_ALLOW].elements;
+        let lb = |ip: &str, net: &str| {
+            Fields::from([
+                Value::Ip(ip.parse().unwrap()),
+                Value::Proto(Protocol::Tcp),
+                Value::Port(80),
+                Value::Net(net.parse().unwrap()),
+            ])
+        };
+        assert!(
+            allow.contains_key(&lb("198.51.100.40", "10.0.0.0/8")),
+            "ranges are stored as networks"
+        );
+        assert!(
+            allow.contains_key(&lb("198.51.100.40", "198.51.100.40/32")),
+            "a range holds the node IP: the LB IP may be the source"
+        );
+        assert!(
+            !allow.contains_key(&lb("198.51.100.41", "198.51.100.41/32")),
+            "a range of local holds its LB IP already"
+        );
+        let ips: Vec<String> = v4.sets[FIREWALL_IPS]
+            .elements
+            .keys()
+            .map(|k| format!("{k:?}"))
+            .collect();
+        assert_eq!(ips.len(), 2, "only LB IPs of services with ranges: {ips:?}");
+        assert_eq!(v6.sets[FIREWALL_ALLOW].elements.len(), 1);
     }
 
     #[test]

@@ -66,6 +66,7 @@ fn value(v: &Value) -> String {
         Value::Proto(p) => p.name().to_string(),
         Value::Port(p) => p.to_string(),
         Value::Index(i) => i.to_string(),
+        Value::Net(n) => net(n),
     }
 }
 
@@ -194,6 +195,9 @@ fn set_def(
     let mut flags = Vec::new();
     if d.dynamic {
         flags.push("dynamic");
+    }
+    if d.interval {
+        flags.push("interval");
     }
     if d.timeout.is_some() {
         flags.push("timeout");

@@ -114,26 +114,27 @@ fn effective_cidrs(cfg: &ProxyConfig, snap: &Snapshot) -> (Vec<IpNetwork>, Vec<I
 
 /// The model and both families' plans for `snap` (pure).
 pub fn plans(cfg: &ProxyConfig, snap: &Snapshot) -> (Model, BTreeMap<Family, TablePlan>) {
-    let (cluster, service) = effective_cidrs(cfg, snap);
-    let model = Model::build(
-        snap,
-        &ModelConfig {
-            node_name: cfg.node_name.clone(),
-            service_cidrs: service,
-        },
-    );
-    let mut plans = BTreeMap::new();
-    for fam in [Family::V4, Family::V6] {
-        let pc = PlanConfig {
-            family: fam,
-            cluster_cidr: cluster.iter().find(|c| family_of(c) == fam).copied(),
-            masquerade_all: cfg.masquerade_all,
-            nodeport_cidrs: cfg.nodeport_addresses.clone(),
-            layout: cfg.layout,
-        };
-        plans.insert(fam, plan::build(&pc, model.family(fam).values()));
-    }
+    let (mc, pcs) = plan_configs(cfg, snap);
+    let model = Model::build(snap, &mc);
+    let plans = pcs
+        .iter()
+        .map(|(fam, pc)| (*fam, plan::build(pc, model.family(*fam).values())))
+        .collect();
     (model, plans)
+}
+
+/// This node's InternalIPs from its Node object (none without one).
+fn node_ips(cfg: &ProxyConfig, snap: &Snapshot) -> Vec<IpAddr> {
+    let Some(node) = snap.nodes.get(&cfg.node_name) else {
+        return Vec::new();
+    };
+    let addrs = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    addrs
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
 }
 
 fn family_of(n: &IpNetwork) -> Family {
@@ -315,6 +316,7 @@ fn plan_configs(cfg: &ProxyConfig, snap: &Snapshot) -> (ModelConfig, BTreeMap<Fa
     let mc = ModelConfig {
         node_name: cfg.node_name.clone(),
         service_cidrs: service,
+        node_ips: node_ips(cfg, snap),
     };
     let pcs = [Family::V4, Family::V6]
         .into_iter()
