@@ -92,8 +92,9 @@ pub fn full(desired: &TablePlan) -> Diff<'_> {
 /// Like `full(base + fragments)` without building the merged plan: the
 /// elements are referenced where the fragments keep them, in fragment order
 /// (not sorted). `base` is the skeleton with the shared objects (pick
-/// chains, hairpin elements). A key two fragments both claim (two services
-/// with the same IP and port) is sent once, the first fragment's. Returns
+/// chains, hairpin elements). A key two fragments both claim is sent once,
+/// the first fragment's (addresses two services claim are already given to
+/// one by the model; this covers a port whose externalIP is its own ClusterIP). Returns
 /// the diff and its element count.
 pub fn full_from_fragments<'a>(base: &'a TablePlan, frags: &[&'a Fragment]) -> (Diff<'a>, usize) {
     let mut ops = vec![Op::AddTable, Op::DeleteTable, Op::AddTable];

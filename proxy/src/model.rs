@@ -4,7 +4,7 @@
 //! `Model::skipped`, which the caller logs) while everything else is kept.
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -177,6 +177,11 @@ impl ServicePort {
     }
 }
 
+/// A service address: (IP, protocol, port). externalIPs and LB IPs are not
+/// unique, so two services may claim one; the first in NamespacedName order
+/// owns it (`ServiceModel::yield_claims`).
+pub type AddrKey = (IpAddr, Protocol, u16);
+
 /// Settings the model depends on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelConfig {
@@ -241,9 +246,16 @@ impl Model {
     pub fn build(snapshot: &Snapshot, cfg: &ModelConfig) -> Model {
         let mut model = Model::default();
         let slices = slices_by_service(snapshot);
+        // Services come in name order: the first claimant of an address owns it.
+        let mut owners: HashMap<AddrKey, &NamespacedName> = HashMap::new();
         for (name, svc) in &snapshot.services {
             let slices = slices.get(name).map(Vec::as_slice).unwrap_or(&[]);
-            model.add(ServiceModel::build(name, svc, slices, cfg));
+            let mut sm = ServiceModel::build(name, svc, slices, cfg);
+            for k in sm.claims() {
+                owners.entry(k).or_insert(name);
+            }
+            sm.yield_claims(name, |k| owners.get(k).copied());
+            model.add(sm);
         }
         model
     }
@@ -272,6 +284,58 @@ impl ServiceModel {
     /// The port of `f` named `name`.
     pub fn port(&self, f: Family, name: &ServicePortName) -> Option<&ServicePort> {
         self.family(f).find(|sp| sp.name == *name)
+    }
+
+    /// The addresses the ports steer (ClusterIPs, externalIPs, LB IPs), as
+    /// built, before `yield_claims`.
+    pub fn claims(&self) -> impl Iterator<Item = AddrKey> + '_ {
+        self.ports.iter().flat_map(|sp| {
+            sp.service_ips()
+                .map(move |ip| (*ip, sp.name.protocol, sp.port))
+        })
+    }
+
+    /// Leaves out the addresses `owner` gives to another service: an
+    /// externalIP / LB IP is dropped, a port whose ClusterIP is taken is
+    /// dropped in that family. Each is reported in `skipped`.
+    pub fn yield_claims<'a>(
+        &mut self,
+        name: &NamespacedName,
+        owner: impl Fn(&AddrKey) -> Option<&'a NamespacedName>,
+    ) {
+        let mut skipped = Vec::new();
+        self.ports.retain_mut(|sp| {
+            let (proto, port) = (sp.name.protocol, sp.port);
+            let what = format!("service {name} port {:?} ({port})", sp.name.port);
+            let taken = |ip: IpAddr| owner(&(ip, proto, port)).filter(|o| *o != name);
+            let mut skip = |kind: &str, ip: IpAddr, o: &NamespacedName| {
+                skipped.push(Skipped {
+                    object: what.clone(),
+                    reason: format!(
+                        "{kind} {ip} port {port}/{} already used by {o}",
+                        proto.name()
+                    ),
+                });
+            };
+            if let Some(o) = taken(sp.cluster_ip) {
+                skip("clusterIP", sp.cluster_ip, o);
+                return false;
+            }
+            for (kind, ips) in [
+                ("externalIP", &mut sp.external_ips),
+                ("load balancer IP", &mut sp.load_balancer_ips),
+            ] {
+                ips.retain(|ip| match taken(*ip) {
+                    Some(o) => {
+                        skip(kind, *ip, o);
+                        false
+                    }
+                    None => true,
+                });
+            }
+            true
+        });
+        self.skipped.extend(skipped);
     }
 
     fn skip(&mut self, object: impl fmt::Display, reason: impl Into<String>) {
@@ -924,6 +988,50 @@ pub(crate) mod tests {
         assert!(!lb6.source_ranges_allow_node);
         let cip4 = &m.v4[&spn("default", "cip", "http", Protocol::Tcp)];
         assert!(cip4.source_ranges.is_empty());
+    }
+
+    #[test]
+    fn shared_addresses_belong_to_the_first_service_in_name_order() {
+        let with_ext = |name: &str, ip: &str, ext: &[&str]| {
+            let mut s = svc("default", name, ip, &[("http", "TCP", 80, 0)]);
+            s.spec.as_mut().unwrap().external_ips =
+                Some(ext.iter().map(|e| e.to_string()).collect());
+            s
+        };
+        let s = snapshot(
+            vec![
+                // inserted out of order: ownership follows names, not input order
+                with_ext("c", "10.96.0.3", &["192.0.2.1", "10.96.0.1"]),
+                with_ext("b", "10.96.0.2", &["192.0.2.1", "192.0.2.2"]),
+                with_ext("a", "10.96.0.1", &[]),
+                // d's ClusterIP is b's externalIP: the port goes
+                with_ext("d", "192.0.2.2", &[]),
+            ],
+            vec![],
+        );
+        let mut c = cfg();
+        c.service_cidrs.clear();
+        let m = Model::build(&s, &c);
+        let reasons: Vec<String> = m.skipped.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "service default/c port \"http\" (80): externalIP 192.0.2.1 port 80/tcp already used by default/b",
+                "service default/c port \"http\" (80): externalIP 10.96.0.1 port 80/tcp already used by default/a",
+                "service default/d port \"http\" (80): clusterIP 192.0.2.2 port 80/tcp already used by default/b",
+            ]
+        );
+        let ext = |n: &str| {
+            m.v4[&spn("default", n, "http", Protocol::Tcp)]
+                .external_ips
+                .clone()
+        };
+        let ips = |v: &[&str]| -> Vec<IpAddr> { v.iter().map(|i| i.parse().unwrap()).collect() };
+        assert_eq!(ext("b"), ips(&["192.0.2.1", "192.0.2.2"]));
+        assert!(ext("c").is_empty());
+        assert!(!m
+            .v4
+            .contains_key(&spn("default", "d", "http", Protocol::Tcp)));
     }
 
     #[test]

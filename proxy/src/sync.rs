@@ -17,8 +17,9 @@ use crate::apply::{self, ApplyError};
 use crate::conntrack::{self, Conntrack, FlowFilter};
 use crate::diff;
 use crate::metrics::Metrics;
-use crate::model::{Family, HealthCheck, Model, ModelConfig, Protocol, ServiceModel};
+use crate::model::{AddrKey, Family, HealthCheck, Model, ModelConfig, Protocol, ServiceModel};
 use crate::plan::{self, Fragment, Layout, Pick, PlanConfig, TablePlan};
+use rustc_hash::FxHashMap;
 
 /// Proxy settings (from flags / config file).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,7 +180,15 @@ struct Installed {
     /// The shared sets' sizes and element counts, per family.
     room: BTreeMap<Family, BTreeMap<String, Room>>,
     health_checks: BTreeMap<u16, HealthCheck>,
+    /// Every claimant of each service address, sorted: the first owns it.
+    claims: Claims,
     totals: Totals,
+}
+
+type Claims = FxHashMap<AddrKey, Vec<NamespacedName>>;
+
+fn owner<'a>(claims: &'a Claims, k: &AddrKey) -> Option<&'a NamespacedName> {
+    claims.get(k).and_then(|v| v.first())
 }
 
 /// A shared set's size in the kernel (its element limit, see
@@ -341,13 +350,15 @@ fn model_of(name: &NamespacedName, inputs: &Inputs, mc: &ModelConfig) -> Option<
     Some(ServiceModel::build(name, svc, &inputs.slices, mc))
 }
 
-fn service_state(
+/// The state of service `name` from its model as built; `owner` says who
+/// owns each address it claims.
+fn service_state<'a>(
     name: &NamespacedName,
-    inputs: &Inputs,
-    mc: &ModelConfig,
+    mut model: ServiceModel,
     pcs: &BTreeMap<Family, PlanConfig>,
-) -> Option<ServiceState> {
-    let model = model_of(name, inputs, mc)?;
+    owner: impl Fn(&AddrKey) -> Option<&'a NamespacedName>,
+) -> ServiceState {
+    model.yield_claims(name, owner);
     let frags = model
         .ports
         .iter()
@@ -356,7 +367,7 @@ fn service_state(
             Some((fam, plan::fragment(pcs.get(&fam)?, sp)))
         })
         .collect();
-    Some(ServiceState { model, frags })
+    ServiceState { model, frags }
 }
 
 fn frags_of(st: &ServiceState, fam: Family) -> impl Iterator<Item = &Fragment> {
@@ -561,33 +572,101 @@ impl Proxier {
                         inst.index_slice(key, new);
                     }
                 }
-                let mut changed: Vec<(NamespacedName, Option<ServiceState>, Option<ServiceState>)> =
+                // Models as built from the old and the new inputs.
+                let mut models: Vec<(NamespacedName, Option<ServiceModel>, Option<ServiceModel>)> =
                     Vec::new();
                 for (name, old_inputs) in before {
-                    let old = service_state(&name, &old_inputs, &inst.model_config, &pcs);
+                    let old = model_of(&name, &old_inputs, &inst.model_config);
                     let svc = snap.services.get(&name).cloned();
                     let new = match inst.services.get_mut(&name) {
                         Some(inputs) => {
                             inputs.service = svc;
-                            let st = service_state(&name, inputs, &mc, &pcs);
+                            let m = model_of(&name, inputs, &mc);
                             if inputs.service.is_none() && inputs.slices.is_empty() {
                                 inst.services.remove(&name);
                             }
-                            st
+                            m
                         }
                         None if svc.is_some() => {
                             let inputs = Inputs {
                                 service: svc,
                                 slices: Vec::new(),
                             };
-                            let st = service_state(&name, &inputs, &mc, &pcs);
+                            let m = model_of(&name, &inputs, &mc);
                             inst.services.insert(name.clone(), inputs);
-                            st
+                            m
                         }
                         None => None,
                     };
-                    changed.push((name, old, new));
+                    models.push((name, old, new));
                 }
+                // Move the affected services' claims; where an address changes
+                // owner, the services that lose or gain it are planned again.
+                let mut old_owners: FxHashMap<AddrKey, Option<NamespacedName>> =
+                    FxHashMap::default();
+                for (name, old, new) in &models {
+                    for k in old.iter().flat_map(|m| m.claims()) {
+                        old_owners
+                            .entry(k)
+                            .or_insert_with(|| owner(&inst.claims, &k).cloned());
+                        if let Some(v) = inst.claims.get_mut(&k) {
+                            v.retain(|n| n != name);
+                            if v.is_empty() {
+                                inst.claims.remove(&k);
+                            }
+                        }
+                    }
+                    for k in new.iter().flat_map(|m| m.claims()) {
+                        old_owners
+                            .entry(k)
+                            .or_insert_with(|| owner(&inst.claims, &k).cloned());
+                    }
+                }
+                for (name, _, new) in &models {
+                    for k in new.iter().flat_map(|m| m.claims()) {
+                        let v = inst.claims.entry(k).or_default();
+                        if let Err(at) = v.binary_search(name) {
+                            v.insert(at, name.clone());
+                        }
+                    }
+                }
+                let affected: BTreeSet<&NamespacedName> =
+                    models.iter().map(|(n, _, _)| n).collect();
+                let mut handed: BTreeSet<NamespacedName> = BTreeSet::new();
+                for (k, was) in &old_owners {
+                    let now = owner(&inst.claims, k);
+                    if was.as_ref() != now {
+                        handed.extend(
+                            [was.as_ref(), now]
+                                .into_iter()
+                                .flatten()
+                                .filter(|n| !affected.contains(n))
+                                .cloned(),
+                        );
+                    }
+                }
+                for name in handed {
+                    let m = inst
+                        .services
+                        .get(&name)
+                        .and_then(|i| model_of(&name, i, &mc));
+                    models.push((name, m.clone(), m));
+                }
+                let claims = &inst.claims;
+                let old_owner = |k: &AddrKey| match old_owners.get(k) {
+                    Some(o) => o.as_ref(),
+                    None => owner(claims, k),
+                };
+                let changed: Vec<(NamespacedName, Option<ServiceState>, Option<ServiceState>)> =
+                    models
+                        .into_iter()
+                        .map(|(name, old, new)| {
+                            let old = old.map(|m| service_state(&name, m, &pcs, old_owner));
+                            let new =
+                                new.map(|m| service_state(&name, m, &pcs, |k| owner(claims, k)));
+                            (name, old, new)
+                        })
+                        .collect();
                 for (fam, pc) in &pcs {
                     let skel = plan::skeleton(pc);
                     let shared_sets = || TablePlan {
@@ -679,6 +758,7 @@ impl Proxier {
                     shared: BTreeMap::new(),
                     room: BTreeMap::new(),
                     health_checks: BTreeMap::new(),
+                    claims: Claims::default(),
                     totals: Totals::default(),
                 };
                 let grouped = group_inputs(snap);
@@ -687,9 +767,17 @@ impl Proxier {
                 // what an earlier installation had.
                 let mut udp_models: HashMap<NamespacedName, ServiceModel> = HashMap::new();
                 for (name, inputs) in &grouped {
-                    let Some(st) = service_state(name, inputs, &mc, &pcs) else {
+                    let Some(model) = model_of(name, inputs, &mc) else {
                         continue;
                     };
+                    // In name order: each list of claimants stays sorted.
+                    for k in model.claims() {
+                        let v = inst.claims.entry(k).or_default();
+                        if v.last() != Some(name) {
+                            v.push(name.clone());
+                        }
+                    }
+                    let st = service_state(name, model, &pcs, |k| owner(&inst.claims, k));
                     for sk in &st.model.skipped {
                         tracing::warn!("skipping invalid object: {sk}");
                     }

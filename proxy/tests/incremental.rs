@@ -212,3 +212,167 @@ fn partial_syncs_match_a_full_sync() {
         );
     }
 }
+
+/// Two services claim the same externalIP / LB IP and port: the first in
+/// name order owns it in full and partial syncs alike, and losing or
+/// changing the owner hands it to the next claimant.
+#[test]
+fn shared_addresses_go_to_the_first_claimant_in_partial_syncs_too() {
+    netns_fixtures::skip_unless_root!();
+    let inc = Netns::new("pxi").unwrap();
+    let fresh = Netns::new("pxf").unwrap();
+    let mut p = inc
+        .enter(|| Proxier::new(cfg(), Arc::new(Metrics::new())).unwrap())
+        .unwrap();
+    let nn = |n: &str| NamespacedName::new("default", n);
+    let key = |k: Kind, n: &str| ObjectKey::new(k, Some("default"), n);
+    // ClusterIP services on port 80 with the given externalIPs.
+    let ext = |name: &str, ip: &str, externals: &[&str]| {
+        Arc::new(svc(
+            name,
+            ip,
+            80,
+            json!({"type": "ClusterIP", "externalIPs": externals,
+                   "ports": [{"name": "p", "port": 80, "protocol": "TCP"}]}),
+        ))
+    };
+    // A LoadBalancer service with ingress IP 198.51.100.9 and source ranges.
+    let lb = |name: &str, ip: &str, ranges: &[&str]| {
+        let mut v = json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"clusterIP": ip, "clusterIPs": [ip], "type": "LoadBalancer",
+                     "loadBalancerSourceRanges": ranges,
+                     "ports": [{"name": "p", "port": 80, "protocol": "TCP", "nodePort": 31000 + ip.len() as u16}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.9"}]}}
+        });
+        v["metadata"]["name"] = json!(name);
+        Arc::new(Service::from_k8s(serde_json::from_value(v).unwrap()).unwrap())
+    };
+    let mut snap = Snapshot {
+        synced: true,
+        ..Default::default()
+    };
+    for (name, ip, ep) in [
+        ("x", "10.96.0.11", "10.244.1.11"),
+        ("y", "10.96.0.12", "10.244.1.12"),
+        ("z", "10.96.0.13", "10.244.1.13"),
+        ("lb-a", "10.96.0.21", "10.244.1.21"),
+        ("lb-b", "10.96.0.222", "10.244.1.22"),
+    ] {
+        snap.endpoint_slices.insert(
+            nn(&format!("{name}-1")),
+            Arc::new(slice(name, &[(ep, "node-b")])),
+        );
+        let s = match name {
+            "x" | "y" => ext(name, ip, &["192.0.2.1"]),
+            "z" => ext(name, ip, &["192.0.2.1", "192.0.2.2"]),
+            "lb-a" => lb(name, ip, &["203.0.113.0/24"]),
+            _ => lb(name, ip, &["10.90.0.0/16", "2001:db8::/32"]),
+        };
+        snap.services.insert(nn(name), s);
+    }
+    let r = inc.enter(|| p.sync(&snap, None).unwrap()).unwrap();
+    assert!(r.full);
+    assert_eq!(
+        r.skipped, 3,
+        "y and z yield 192.0.2.1, lb-b yields the LB IP"
+    );
+    let (_, plans) = p.plans(&snap);
+    let ips = podnet_proxy::render::table(&plans[&podnet_proxy::model::Family::V4]);
+    assert!(
+        ips.contains("203.0.113.0/24") && !ips.contains("10.90.0.0/16"),
+        "dry run: lb-a owns the LB IP and its ranges apply:\n{ips}"
+    );
+    assert_eq!(normalized_after_full(&fresh, &snap), normalized(&inc));
+
+    type Step = Box<dyn Fn(&mut Snapshot) -> Vec<(Kind, String)>>;
+    let steps: Vec<Step> = vec![
+        // the owner goes: y (next in name order) takes 192.0.2.1
+        Box::new(move |s| {
+            s.services.remove(&nn("x"));
+            vec![(Kind::Service, "x".into())]
+        }),
+        // x comes back and takes it again
+        Box::new(move |s| {
+            s.services
+                .insert(nn("x"), ext("x", "10.96.0.11", &["192.0.2.1"]));
+            vec![(Kind::Service, "x".into())]
+        }),
+        // x and y both change their externalIPs away: z is the only claimant
+        Box::new(move |s| {
+            s.services
+                .insert(nn("x"), ext("x", "10.96.0.11", &["192.0.2.7"]));
+            s.services.insert(nn("y"), ext("y", "10.96.0.12", &[]));
+            vec![(Kind::Service, "x".into()), (Kind::Service, "y".into())]
+        }),
+        // only an endpoint of z changes: its address stays its own
+        Box::new(move |s| {
+            s.endpoint_slices.insert(
+                nn("z-1"),
+                Arc::new(slice("z", &[("10.244.1.99", "node-b")])),
+            );
+            vec![(Kind::EndpointSlice, "z-1".into())]
+        }),
+        // the LB IP's owner changes its ranges
+        Box::new(move |s| {
+            s.services.insert(
+                nn("lb-a"),
+                lb("lb-a", "10.96.0.21", &["203.0.114.0/24", "10.1.0.0/16"]),
+            );
+            vec![(Kind::Service, "lb-a".into())]
+        }),
+        // the owner of the LB IP goes: lb-b's ranges apply
+        Box::new(move |s| {
+            s.services.remove(&nn("lb-a"));
+            s.endpoint_slices.remove(&nn("lb-a-1"));
+            vec![
+                (Kind::Service, "lb-a".into()),
+                (Kind::EndpointSlice, "lb-a-1".into()),
+            ]
+        }),
+        // lb-b drops its ranges
+        Box::new(move |s| {
+            s.services
+                .insert(nn("lb-b"), lb("lb-b", "10.96.0.222", &[]));
+            vec![(Kind::Service, "lb-b".into())]
+        }),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let changed: Vec<Change> = step(&mut snap)
+            .into_iter()
+            .map(|(k, n)| Change {
+                key: key(k, &n),
+                change: ChangeType::Modified,
+            })
+            .collect();
+        let r = inc
+            .enter(|| p.sync(&snap, Some(&changed)).unwrap())
+            .unwrap();
+        assert!(!r.full, "step {i}");
+        let full = fresh
+            .enter(|| {
+                Proxier::new(cfg(), Arc::new(Metrics::new()))
+                    .unwrap()
+                    .sync(&snap, None)
+                    .unwrap()
+            })
+            .unwrap();
+        assert_eq!(normalized(&inc), normalized(&fresh), "after step {i}");
+        assert_eq!(
+            (r.elements, r.service_ports, r.skipped),
+            (full.elements, full.service_ports, full.skipped),
+            "counts after step {i}"
+        );
+    }
+}
+
+fn normalized_after_full(ns: &Netns, snap: &Snapshot) -> Value {
+    ns.enter(|| {
+        Proxier::new(cfg(), Arc::new(Metrics::new()))
+            .unwrap()
+            .sync(snap, None)
+            .unwrap()
+    })
+    .unwrap();
+    normalized(ns)
+}
