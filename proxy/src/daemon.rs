@@ -55,9 +55,16 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
             url: s.store.clone(),
             source,
         })?;
+    // Nodes: this node's InternalIPs (loadBalancerSourceRanges that hold
+    // one let the node reach its LB IPs, as in kube-proxy).
     let informer = Informer::start(
         store,
-        &[Kind::Service, Kind::EndpointSlice, Kind::ClusterConfig],
+        &[
+            Kind::Service,
+            Kind::EndpointSlice,
+            Kind::ClusterConfig,
+            Kind::Node,
+        ],
     );
     let mut sub = informer.subscribe();
     let metrics = Arc::new(Metrics::new());

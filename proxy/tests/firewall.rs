@@ -60,6 +60,41 @@ fn source_ranges_allow_listed_sources_only_and_follow_changes() {
     let line = fetch(&c.node2, &format!("{NODE_IP}:30050")).expect("NodePort is not filtered");
     assert!(line.starts_with("pod-a"), "{line}");
 
+    // The node's own traffic is filtered too (filter-output): with the LB IP
+    // as a local address the node connects from it, which only a range
+    // holding the node's IP allows.
+    c.node
+        .sh(&format!("ip addr add {LB_IP}/32 dev lo"))
+        .expect("LB IP on the node");
+    let err = fetch(&c.node, &lb).expect_err("node IP outside the ranges");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    // A range holds the node's IP, but the proxy does not know it yet (no
+    // Node object): the LB IP source stays dropped.
+    c.put(lb_service(&[&format!("{NODE2_IP}/32"), "10.90.0.0/31"]));
+    let ok = netns_fixtures::wait_until(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(20),
+        || {
+            c.node
+                .sh("nft list set ip podnet firewall-allow")
+                .unwrap_or_default()
+                .contains("10.90.0.0/31")
+        },
+    );
+    assert!(ok, "new range never programmed:\n{}", c.proxy_log());
+    let err = fetch(&c.node, &lb).expect_err("the LB IP is no allowed source yet");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    c.put(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-a"},
+        "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}
+    }));
+    let line = fetch_until(&c.node, &lb, |r| r.is_ok()).expect("node allowed");
+    assert!(line.starts_with("pod-a"), "{line}");
+    c.node
+        .sh(&format!("ip addr del {LB_IP}/32 dev lo"))
+        .unwrap();
+
     // The ranges change: now only the second address may connect.
     c.put(lb_service(&[&format!("{NODE2_IP_B}/32")]));
     fetch_until(&c.node2, &lb, |r| r.is_ok()).expect("newly allowed source");

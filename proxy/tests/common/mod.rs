@@ -117,6 +117,7 @@ impl Cluster {
         let kind = match obj["kind"].as_str().unwrap() {
             "Service" => Kind::Service,
             "EndpointSlice" => Kind::EndpointSlice,
+            "Node" => Kind::Node,
             k => panic!("unexpected kind {k}"),
         };
         let key = ObjectKey::new(
