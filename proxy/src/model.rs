@@ -306,11 +306,11 @@ impl ServiceModel {
         let mut skipped = Vec::new();
         self.ports.retain_mut(|sp| {
             let (proto, port) = (sp.name.protocol, sp.port);
-            let what = format!("service {name} port {:?} ({port})", sp.name.port);
+            let port_name = &sp.name.port;
             let taken = |ip: IpAddr| owner(&(ip, proto, port)).filter(|o| *o != name);
             let mut skip = |kind: &str, ip: IpAddr, o: &NamespacedName| {
                 skipped.push(Skipped {
-                    object: what.clone(),
+                    object: format!("service {name} port {port_name:?} ({port})"),
                     reason: format!(
                         "{kind} {ip} port {port}/{} already used by {o}",
                         proto.name()

@@ -271,7 +271,31 @@ fn shared_addresses_go_to_the_first_claimant_in_partial_syncs_too() {
         };
         snap.services.insert(nn(name), s);
     }
+    // IPv6: the interval set's key is 40 bytes there.
+    let lb6 = json!({
+        "metadata": {"name": "lb-6", "namespace": "default"},
+        "spec": {"clusterIP": "fd00:96::21", "clusterIPs": ["fd00:96::21"], "type": "LoadBalancer",
+                 "loadBalancerSourceRanges": ["2001:db8:1::/48", "2001:db8:1:2::/64", "2001:db8:7::1/128"],
+                 "ports": [{"name": "p", "port": 80, "protocol": "TCP", "nodePort": 31100}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "2001:db8::9"}]}}
+    });
+    snap.services.insert(
+        nn("lb-6"),
+        Arc::new(Service::from_k8s(serde_json::from_value(lb6).unwrap()).unwrap()),
+    );
     let r = inc.enter(|| p.sync(&snap, None).unwrap()).unwrap();
+    assert!(r.full);
+    assert_eq!(
+        r.skipped, 3,
+        "y and z yield 192.0.2.1, lb-b yields the LB IP"
+    );
+    let allow6 = inc.sh("nft list set ip6 podnet firewall-allow").unwrap();
+    assert!(
+        allow6.contains("2001:db8::9 . tcp . 80 . 2001:db8:1::/48")
+            && allow6.contains("2001:db8::9 . tcp . 80 . 2001:db8:7::1")
+            && !allow6.contains("2001:db8:1:2::/64"),
+        "{allow6}"
+    );
     assert!(r.full);
     assert_eq!(
         r.skipped, 3,
