@@ -111,7 +111,18 @@ pub async fn run(s: Settings) -> Result<(), DaemonError> {
         tokio::select! {
             cs = sub.next() => match cs {
                 Some(cs) => {
+                    // Other nodes' Node objects do not change this node's rules.
+                    let others_only = have_synced
+                        && !cs.full_resync
+                        && !cs.changes.is_empty()
+                        && cs
+                            .changes
+                            .iter()
+                            .all(|c| c.key.kind == Kind::Node && c.key.name != s.node_name);
                     latest = Some(cs.snapshot);
+                    if others_only {
+                        continue;
+                    }
                     pending = match pending.take() {
                         Some(mut p) if have_synced && !cs.full_resync => {
                             p.extend(cs.changes);
