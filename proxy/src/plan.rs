@@ -11,6 +11,9 @@
 //! map keyed by the same key plus `numgen random mod N`. Only services that need
 //! per-connection state or special source handling (session affinity,
 //! `externalTrafficPolicy: Local`) get kube-proxy's per-service-port chains.
+//! `loadBalancerSourceRanges` are elements too: `firewall-ips` (filtered LB
+//! IP . proto . port) and the interval set `firewall-allow` (the same key
+//! plus a source range), checked before DNAT by two fixed chains.
 //! `Layout::KubeProxy` gives every service port those chains, i.e. the layout of
 //! kube-proxy's nftables mode; it exists for comparison benchmarks.
 
