@@ -8,9 +8,9 @@
 //! `podnet-nft`). `render` prints a plan in `nft` syntax (golden tests, debugging).
 //! Around it: `sync` (the coalescing sync loop), `conntrack` (flushes UDP flows
 //! to removed endpoints), `http` (`/metrics`, `/healthz`, healthCheckNodePort
-//! responders), `metrics`, `cli` (flags and config file), `daemon` (the
-//! long-running loop the thin binary calls) and `memory` (glibc allocator
-//! policy).
+//! responders), `metrics`, `cli` (flags and config file) and `daemon` (the
+//! long-running loop the thin binary calls). The allocator policy comes from
+//! `podnet_state::memory`, which keeps the proxy free of `unsafe`.
 
 pub mod apply;
 pub mod cli;
@@ -18,7 +18,6 @@ pub mod conntrack;
 pub mod daemon;
 pub mod diff;
 pub mod http;
-pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod plan;

@@ -500,7 +500,7 @@ impl Proxier {
             .sync_duration
             .observe(start.elapsed().as_secs_f64());
         match &res {
-            Ok(r) if r.full => crate::memory::release_freed(),
+            Ok(r) if r.full => podnet_state::memory::release_freed(),
             Ok(_) => {}
             Err(_) => {
                 self.metrics.sync_failures.inc();

@@ -5,7 +5,7 @@ use podnet_proxy::cli::Cli;
 
 fn main() -> anyhow::Result<()> {
     // Before the runtime starts its threads.
-    podnet_proxy::memory::limit_arenas();
+    podnet_state::memory::limit_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
