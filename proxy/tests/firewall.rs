@@ -71,17 +71,7 @@ fn source_ranges_allow_listed_sources_only_and_follow_changes() {
     // A range holds the node's IP, but the proxy does not know it yet (no
     // Node object): the LB IP source stays dropped.
     c.put(lb_service(&[&format!("{NODE2_IP}/32"), "10.90.0.0/31"]));
-    let ok = netns_fixtures::wait_until(
-        std::time::Duration::from_secs(10),
-        std::time::Duration::from_millis(20),
-        || {
-            c.node
-                .sh("nft list set ip podnet firewall-allow")
-                .unwrap_or_default()
-                .contains("10.90.0.0/31")
-        },
-    );
-    assert!(ok, "new range never programmed:\n{}", c.proxy_log());
+    c.wait_listing("set ip", "firewall-allow", "10.90.0.0/31", true);
     let err = fetch(&c.node, &lb).expect_err("the LB IP is no allowed source yet");
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
     c.put(json!({
@@ -113,17 +103,7 @@ fn source_ranges_allow_listed_sources_only_and_follow_changes() {
     // Deleting the service with ranges leaves no firewall elements behind.
     c.put(lb_service(&[&format!("{NODE2_IP_B}/32")]));
     c.node2.sh(&format!("ip route del {LB_IP}/32")).unwrap();
-    let ok = netns_fixtures::wait_until(
-        std::time::Duration::from_secs(10),
-        std::time::Duration::from_millis(20),
-        || {
-            c.node
-                .sh("nft list set ip podnet firewall-allow")
-                .unwrap_or_default()
-                .contains(NODE2_IP_B)
-        },
-    );
-    assert!(ok, "ranges back in firewall-allow:\n{}", c.proxy_log());
+    c.wait_listing("set ip", "firewall-allow", NODE2_IP_B, true);
     c.delete(Kind::Service, "lb");
     c.wait_map("service-ips", &format!("{LB_IP} . tcp . 80"), false);
     let sets = c

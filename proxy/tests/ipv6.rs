@@ -156,17 +156,7 @@ fn ipv6_and_dual_stack_services_carry_connections() {
         "--service-cidr",
         "fd00:10:96::/112",
     ]);
-    let ok = netns_fixtures::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
-        c.node
-            .sh("nft list map ip6 podnet service-ips 2>/dev/null")
-            .unwrap_or_default()
-            .contains("fd00:10:96::20 . tcp . 81")
-    });
-    assert!(
-        ok,
-        "ip6 podnet never showed the IPv6-only service:\n{}",
-        c.proxy_log()
-    );
+    c.wait_listing("map ip6", "service-ips", "fd00:10:96::20 . tcp . 81", true);
 
     // The node must know its pods' IPv6 neighbours before the first DNATed
     // packet: br_netfilter re-bridges a DNATed frame whose target is on the

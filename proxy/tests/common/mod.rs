@@ -177,17 +177,23 @@ impl Cluster {
 
     /// Waits until `nft list map ip podnet MAP` in the node shows `needle`.
     pub fn wait_map(&self, map: &str, needle: &str, present: bool) {
+        self.wait_listing("map ip", map, needle, present);
+    }
+
+    /// Waits until `nft list OBJECT podnet NAME` in the node (`OBJECT`:
+    /// `map ip`, `set ip6`, ...) shows `needle`, or no longer does.
+    pub fn wait_listing(&self, object: &str, name: &str, needle: &str, present: bool) {
         let ok =
             netns_fixtures::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
                 let out = self
                     .node
-                    .sh(&format!("nft list map ip podnet {map} 2>/dev/null"))
+                    .sh(&format!("nft list {object} podnet {name} 2>/dev/null"))
                     .unwrap_or_default();
                 out.contains(needle) == present
             });
         assert!(
             ok,
-            "map {map} {} {needle:?} in time; proxy log:\n{}",
+            "{object} podnet {name} {} {needle:?} in time; proxy log:\n{}",
             if present {
                 "never showed"
             } else {
